@@ -1,0 +1,1 @@
+"""Alembic environment and revisions; `scorer db upgrade` runs them."""

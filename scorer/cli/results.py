@@ -1,0 +1,84 @@
+"""`scorer results`: the stored predictions, as a table, JSON or CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import click
+
+from scorer.cli.common import ready_engine, settings_of
+from scorer.errors import ScorerError
+
+
+@click.command("results")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array on stdout.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout.")
+@click.option("--windows", is_flag=True, help="One row per 3 s window instead of per file.")
+@click.option("--label", help="Only predictions of this class.")
+@click.option("--uncertain", is_flag=True, help="Least certain first (highest entropy).")
+@click.option("--model-version", "model_key", help="Name or id; default: the active one.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
+@click.pass_context
+def results_cmd(
+    ctx: click.Context,
+    as_json: bool,
+    as_csv: bool,
+    windows: bool,
+    label: str | None,
+    uncertain: bool,
+    model_key: str | None,
+    limit: int | None,
+) -> None:
+    """Print the predictions of a model version (per file by default)."""
+    from scorer.db import queries
+    from scorer.db.engine import make_sessionmaker
+
+    if as_json and as_csv:
+        raise click.UsageError("choose one of --json and --csv")
+    engine = ready_engine(settings_of(ctx))
+    with make_sessionmaker(engine)() as s:
+        model = queries.model_by_name_or_id(s, model_key) if model_key else queries.active_model(s)
+        if model is None:
+            raise ScorerError(
+                f"no model version {model_key!r}" if model_key else "no active model version"
+            )
+        rows = queries.results(
+            s, model.id, windows=windows, label=label, uncertain=uncertain, limit=limit
+        )
+        classes = list(model.classes)
+    out = []
+    for r in rows:
+        item = {
+            "path": r["source_path"],
+            "sha256": r["sha256"],
+            "window": r["window_index"] if windows else None,
+            "start_s": r["start_s"] if windows else None,
+            "label": r["label"],
+            "confidence": round(r["confidence"], 4),
+            "disagreement": round(r["disagreement"], 4),
+            "entropy": round(r["entropy"], 4),
+            "true_label": r["true_label"],
+            **{f"p_{c}": p for c, p in zip(classes, r["probabilities"], strict=True)},
+        }
+        if not windows:
+            item.pop("window")
+            item.pop("start_s")
+        out.append(item)
+    if as_json:
+        click.echo(json.dumps(out, indent=1))
+    elif as_csv:
+        if out:
+            w = csv.DictWriter(sys.stdout, fieldnames=list(out[0]))
+            w.writeheader()
+            w.writerows(out)
+    else:
+        for item in out:
+            where = f" @{item['start_s']:.0f}s" if windows else ""
+            truth = f" (labelled {item['true_label']})" if item["true_label"] else ""
+            click.echo(f"{item['label']:<8} {item['confidence']:.3f}  {item['path']}{where}{truth}")
+        click.echo(f"{len(out)} rows, model {model.name}", err=True)
+
+
+COMMANDS = [results_cmd]

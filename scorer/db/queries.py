@@ -1,0 +1,246 @@
+"""Query functions. Each takes a Session and never commits: the caller owns the transaction.
+
+Writes are idempotent by content key (insert-or-ignore / upsert), so a redelivered message or a
+re-run of the same command writes each row once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from scorer.db.models import (
+    Feature,
+    ModelVersion,
+    Prediction,
+    Snippet,
+    SnippetStatus,
+    utcnow,
+)
+
+
+def _insert(session: Session, model: type) -> Any:
+    """A dialect-specific INSERT that supports ON CONFLICT (SQLite and PostgreSQL)."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(model)
+    if name == "sqlite":
+        return sqlite.insert(model)
+    raise NotImplementedError(f"unsupported database dialect {name!r}")
+
+
+def add_snippets(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:
+    """Insert-or-ignore snippets by sha256; returns the shas that were new.
+
+    A known sha keeps its status and path; a label or group given now fills or replaces the stored
+    one (labels may arrive after the audio).
+    """
+    if not rows:
+        return set()
+    shas = [r["sha256"] for r in rows]
+    known = set(session.scalars(select(Snippet.sha256).where(Snippet.sha256.in_(shas))))
+    now = utcnow()
+    new = [
+        {"status": SnippetStatus.queued, "attempts": 0, "created_at": now, "updated_at": now, **r}
+        for r in rows
+        if r["sha256"] not in known
+    ]
+    if new:
+        stmt = (
+            _insert(session, Snippet).values(new).on_conflict_do_nothing(index_elements=["sha256"])
+        )
+        session.execute(stmt)
+    for r in rows:
+        if r["sha256"] in known and (r.get("label") or r.get("group")):
+            values = {k: r[k] for k in ("label", "group") if r.get(k)}
+            session.execute(update(Snippet).where(Snippet.sha256 == r["sha256"]).values(**values))
+    return {r["sha256"] for r in new}
+
+
+def set_status(
+    session: Session,
+    shas: Iterable[str],
+    status: SnippetStatus,
+    error: str | None = None,
+    **values: Any,
+) -> None:
+    shas = list(shas)
+    if shas:
+        session.execute(
+            update(Snippet)
+            .where(Snippet.sha256.in_(shas))
+            .values(status=status, error=error, updated_at=utcnow(), **values)
+        )
+
+
+def mark_failed(session: Session, sha: str, reason: str) -> None:
+    """A final per-item failure: one line of reason on its row."""
+    set_status(session, [sha], SnippetStatus.failed, error=reason.splitlines()[0][:1000])
+
+
+def store_features(session: Session, sha: str, frontend_version: str, windows: np.ndarray) -> None:
+    """Insert-or-ignore the (W, frames, mels) windows of one snippet as float16 bytes."""
+    arr = np.ascontiguousarray(windows, dtype=np.float16)
+    stmt = (
+        _insert(session, Feature)
+        .values(
+            sha256=sha,
+            frontend_version=frontend_version,
+            n_windows=arr.shape[0],
+            n_frames=arr.shape[1],
+            n_mels=arr.shape[2],
+            dtype="float16",
+            data=arr.tobytes(),
+            created_at=utcnow(),
+        )
+        .on_conflict_do_nothing(index_elements=["sha256", "frontend_version"])
+    )
+    session.execute(stmt)
+
+
+def load_features(
+    session: Session, shas: Sequence[str], frontend_version: str
+) -> dict[str, np.ndarray]:
+    """{sha: (W, frames, mels) float16} for those shas that have features of this version."""
+    out: dict[str, np.ndarray] = {}
+    for start in range(0, len(shas), 500):
+        rows = session.execute(
+            select(
+                Feature.sha256, Feature.n_windows, Feature.n_frames, Feature.n_mels, Feature.data
+            )
+            .where(Feature.sha256.in_(shas[start : start + 500]))
+            .where(Feature.frontend_version == frontend_version)
+        )
+        for sha, w, t, m, data in rows:
+            out[sha] = np.frombuffer(data, dtype=np.float16).reshape(w, t, m)
+    return out
+
+
+def shas_with_features(session: Session, shas: Sequence[str], frontend_version: str) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(shas), 500):
+        found.update(
+            session.scalars(
+                select(Feature.sha256)
+                .where(Feature.sha256.in_(shas[start : start + 500]))
+                .where(Feature.frontend_version == frontend_version)
+            )
+        )
+    return found
+
+
+def shas_scored_by(session: Session, shas: Sequence[str], model_version_id: int) -> set[str]:
+    """Shas that already have their per-file verdict from this model version."""
+    from scorer.db.models import FILE_WINDOW
+
+    found: set[str] = set()
+    for start in range(0, len(shas), 500):
+        found.update(
+            session.scalars(
+                select(Prediction.sha256)
+                .where(Prediction.sha256.in_(shas[start : start + 500]))
+                .where(Prediction.model_version_id == model_version_id)
+                .where(Prediction.window_index == FILE_WINDOW)
+            )
+        )
+    return found
+
+
+def upsert_predictions(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Bulk insert-or-ignore on (sha256, window_index, model_version_id): redelivery is harmless."""
+    if not rows:
+        return
+    now = utcnow()
+    values = [{"created_at": now, **r} for r in rows]
+    for start in range(0, len(values), 1000):
+        stmt = _insert(session, Prediction).values(values[start : start + 1000])
+        stmt = stmt.on_conflict_do_nothing(
+            index_elements=["sha256", "window_index", "model_version_id"]
+        )
+        session.execute(stmt)
+
+
+def active_model(session: Session) -> ModelVersion | None:
+    return session.scalars(
+        select(ModelVersion).where(ModelVersion.active.is_(True)).order_by(ModelVersion.id.desc())
+    ).first()
+
+
+def model_by_name_or_id(session: Session, key: str) -> ModelVersion | None:
+    stmt = select(ModelVersion).where(ModelVersion.name == key)
+    found = session.scalars(stmt).first()
+    if found is None and key.isdigit():
+        found = session.get(ModelVersion, int(key))
+    return found
+
+
+def activate_model(session: Session, model_version_id: int) -> None:
+    """Exactly one active version: deactivate the others in the same transaction."""
+    session.execute(update(ModelVersion).values(active=False))
+    session.execute(
+        update(ModelVersion).where(ModelVersion.id == model_version_id).values(active=True)
+    )
+
+
+def status_counts(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Snippet.status, func.count()).group_by(Snippet.status))
+    return {str(s.value if hasattr(s, "value") else s): n for s, n in rows}
+
+
+def results(
+    session: Session,
+    model_version_id: int,
+    *,
+    windows: bool = False,
+    label: str | None = None,
+    uncertain: bool = False,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Predictions joined with their snippets: per-file verdicts, or every window."""
+    from scorer.db.models import FILE_WINDOW
+
+    stmt = (
+        select(
+            Snippet.source_path,
+            Snippet.sha256,
+            Snippet.duration_s,
+            Snippet.label.label("true_label"),
+            Prediction.window_index,
+            Prediction.start_s,
+            Prediction.label,
+            Prediction.confidence,
+            Prediction.disagreement,
+            Prediction.entropy,
+            Prediction.probabilities,
+        )
+        .join(Prediction, Prediction.sha256 == Snippet.sha256)
+        .where(Prediction.model_version_id == model_version_id)
+    )
+    if windows:
+        stmt = stmt.where(Prediction.window_index != FILE_WINDOW)
+    else:
+        stmt = stmt.where(Prediction.window_index == FILE_WINDOW)
+    if label:
+        stmt = stmt.where(Prediction.label == label)
+    if uncertain:
+        stmt = stmt.order_by(Prediction.entropy.desc(), Prediction.confidence.asc())
+    else:
+        stmt = stmt.order_by(Snippet.source_path, Prediction.window_index)
+    if limit:
+        stmt = stmt.limit(limit)
+    return [dict(r._mapping) for r in session.execute(stmt)]
+
+
+def failures(session: Session, limit: int = 50) -> list[tuple[str, str]]:
+    rows = session.execute(
+        select(Snippet.source_path, Snippet.error)
+        .where(Snippet.status == SnippetStatus.failed)
+        .order_by(Snippet.updated_at.desc())
+        .limit(limit)
+    )
+    return [(p, e or "") for p, e in rows]

@@ -1,0 +1,85 @@
+"""One settings object, read from ``SCORER_*`` environment variables.
+
+Built once per entry point (the CLI group, a worker's boot) and passed down; nothing else reads
+``os.environ``. Tests build their own ``Settings(...)`` with keyword arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "scorer"
+
+
+class Settings(BaseSettings):
+    """Every knob of scorer. Each field is ``SCORER_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="SCORER_", extra="ignore")
+
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Where the embedded database, model weights and checkpoints live.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL. Unset: a SQLite file <data_dir>/scorer.db (embedded mode).",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker (redis://...). Unset: stages run in-process (embedded mode).",
+    )
+    model_dir: Path | None = Field(
+        default=None,
+        description="Model versions' weights. Unset: <data_dir>/models. Must be shared by workers.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="Torch device for separation and inference; auto = cuda if present.",
+    )
+    torch_threads: int = Field(
+        default=0, description="torch intra-op threads per process; 0 = number of cores."
+    )
+    preprocess_batch: int = Field(
+        default=8, ge=1, description="Snippets separated and featurised per batch."
+    )
+    infer_batch: int = Field(default=64, ge=1, description="Windows per ensemble forward.")
+    separation: bool = Field(
+        default=True,
+        description="Separate vocals with Spleeter first (part of the front-end version).",
+    )
+    spleeter_frames: int = Field(
+        default=512,
+        description="Spleeter segment length T in STFT frames (multiple of 64; 512 = official).",
+    )
+    max_duration_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="Longer files fail with a clear reason instead of filling memory.",
+    )
+    min_tail_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="A file's last partial 3 s window is scored only if at least this long.",
+    )
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'scorer.db'}"
+
+    @property
+    def resolved_model_dir(self) -> Path:
+        return self.model_dir or self.data_dir / "models"
+
+    @property
+    def embedded(self) -> bool:
+        return not self.broker_url

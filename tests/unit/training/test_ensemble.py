@@ -1,0 +1,136 @@
+"""The ensemble: fused == loop, the uncertainty summary, and the safetensors round trip."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.ensemble import Ensemble, load_ensemble, save_members, summarize
+from training.model import build_member
+
+torch.set_num_threads(1)
+
+CLASSES = ["none", "male", "female", "multi"]
+
+
+def _members(n: int = 3, arch: str = "resnet10") -> list[torch.nn.Module]:
+    """Members with non-trivial batchnorm statistics: a few train steps, then random stats."""
+    out = []
+    for i in range(n):
+        torch.manual_seed(100 + i)
+        m = build_member(len(CLASSES), arch)
+        opt = torch.optim.SGD(m.parameters(), lr=0.01)
+        m.train()
+        for _ in range(2):
+            x = torch.randn(4, 1, 299, 40) * 20 - 60
+            loss = torch.nn.functional.cross_entropy(m(x), torch.tensor([0, 1, 2, 3]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.normal_(0, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+        out.append(m.eval())
+    return out
+
+
+@pytest.fixture(scope="module")
+def members() -> list[torch.nn.Module]:
+    return _members()
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+@pytest.mark.parametrize("normalize", ["none", "per_snippet"])
+def test_fused_equals_loop(members: list[torch.nn.Module], batch: int, normalize: str) -> None:
+    torch.manual_seed(batch)
+    x = (torch.randn(batch, 299, 40) * 30 - 80).half()
+    loop = Ensemble(members, CLASSES, normalize=normalize, mode="loop")
+    fused = Ensemble(members, CLASSES, normalize=normalize, mode="fused")
+    p_loop, p_fused = loop.member_proba(x), fused.member_proba(x)
+    assert p_loop.shape == (3, batch, 4)
+    torch.testing.assert_close(p_fused, p_loop, atol=1e-5, rtol=0)
+    # The members really differ, so a fused run that used one member's weights would fail.
+    assert (p_loop[0] - p_loop[1]).abs().max() > 1e-3
+
+
+def test_fused_uses_running_stats_not_batch_stats(members: list[torch.nn.Module]) -> None:
+    """In eval mode a snippet's probabilities must not depend on what else is in the batch."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 1, 299, 40) * 30 - 80
+    fused = Ensemble(members, CLASSES, mode="fused")
+    torch.testing.assert_close(
+        fused.predict_proba(x[:1]), fused.predict_proba(x)[:1], atol=1e-5, rtol=0
+    )
+
+
+def test_predict_proba_is_mean_of_member_softmax(members: list[torch.nn.Module]) -> None:
+    x = torch.randn(2, 1, 299, 40) * 30 - 80
+    ens = Ensemble(members, CLASSES)
+    assert ens.mode == "loop"  # auto on CPU
+    with torch.no_grad():
+        expected = torch.stack([torch.softmax(m(x), 1) for m in members]).mean(0)
+    torch.testing.assert_close(ens.predict_proba(x), expected)
+    torch.testing.assert_close(ens.predict_proba(x).sum(1), torch.ones(2))
+
+
+def test_summarize_hand_made_case() -> None:
+    member_probs = torch.tensor(
+        [
+            [[0.9, 0.1], [0.0, 1.0]],
+            [[0.8, 0.2], [0.0, 1.0]],
+            [[0.4, 0.6], [0.0, 1.0]],
+        ]
+    )  # (M=3, B=2, C=2)
+    s = summarize(member_probs)
+    torch.testing.assert_close(s["proba"], torch.tensor([[0.7, 0.3], [0.0, 1.0]]))
+    assert s["label_idx"].tolist() == [0, 1]
+    torch.testing.assert_close(s["confidence"], torch.tensor([0.7, 1.0]))
+    torch.testing.assert_close(s["disagreement"], torch.tensor([1 / 3, 0.0]))
+    h0 = -(0.7 * math.log(0.7) + 0.3 * math.log(0.3))
+    torch.testing.assert_close(s["entropy"], torch.tensor([h0, 0.0]))
+
+
+def test_summarize_uniform_has_max_entropy() -> None:
+    s = summarize(torch.full((2, 1, 4), 0.25))
+    torch.testing.assert_close(s["entropy"], torch.tensor([math.log(4)]))
+
+
+def test_save_load_round_trip(members: list[torch.nn.Module], tmp_path: Path) -> None:
+    meta = {"classes": CLASSES, "arch": "resnet10", "normalize": "per_snippet", "frontend": "fe-1"}
+    save_members(tmp_path, members, meta)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [
+        "member_00.safetensors",
+        "member_01.safetensors",
+        "member_02.safetensors",
+        "meta.json",
+    ]
+    stored = json.loads((tmp_path / "meta.json").read_text())
+    assert stored["n_members"] == 3 and stored["frontend"] == "fe-1"
+
+    ens = load_ensemble(tmp_path, "cpu")
+    assert ens.classes == CLASSES and ens.normalize == "per_snippet" and ens.n_members == 3
+    x = torch.randn(4, 1, 299, 40) * 30 - 80
+    original = Ensemble(members, CLASSES, normalize="per_snippet")
+    assert torch.equal(ens.member_proba(x), original.member_proba(x))
+    for a, b in zip(members, ens.members, strict=True):
+        for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+            assert ka == kb and torch.equal(va, vb)
+
+
+def test_save_members_requires_meta_keys(members: list[torch.nn.Module], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="normalize"):
+        save_members(tmp_path, members, {"classes": CLASSES, "arch": "resnet10"})
+
+
+def test_load_ensemble_missing_dir_says_so(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not an ensemble"):
+        load_ensemble(tmp_path, "cpu")
+
+
+def test_unknown_mode_rejected(members: list[torch.nn.Module]) -> None:
+    with pytest.raises(ValueError, match="unknown mode"):
+        Ensemble(members, CLASSES, mode="graph")  # type: ignore[arg-type]

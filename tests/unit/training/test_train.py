@@ -1,0 +1,186 @@
+"""The training recipe, resumability and a learnable task (tiny configs, CPU, 1 thread)."""
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
+
+from training.ensemble import load_ensemble
+from training.model import build_member
+from training.train import (
+    TrainingStopped,
+    TrainParams,
+    make_optimizer,
+    make_scheduler,
+    member_seeds,
+    mixup_loss,
+    run,
+)
+
+torch.set_num_threads(1)
+
+CLASSES = ["none", "male", "female"]
+TINY = TrainParams(members=2, epochs=3, batch_size=16, arch="resnet10", val_fraction=0.25)
+
+
+def _task(n: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Noise at -60 dB; class c is louder in mel bands 10c..10c+8. 12 singers."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % len(CLASSES)
+    x = rng.normal(-60, 10, (n, 299, 40))
+    for c in range(len(CLASSES)):
+        x[y == c, :, 10 * c : 10 * c + 8] += 25
+    return x.astype(np.float16), y, [f"s{i % 12}" for i in range(n)]
+
+
+def _states(work_dir: Path, members: int) -> list[dict[str, Any]]:
+    return [torch.load(work_dir / f"member_{i:02d}.pt", weights_only=True) for i in range(members)]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, list[dict]]:
+    """One uninterrupted tiny run, shared by the tests that inspect its outputs."""
+    work = tmp_path_factory.mktemp("run")
+    x, y, g = _task()
+    records: list[dict] = []
+    result = run(TINY, x, y, g, CLASSES, work, progress=records.append, meta={"frontend": "fe-x"})
+    return work, result, records
+
+
+def test_learnable_task_reaches_high_validation_accuracy(finished: tuple) -> None:
+    _, result, _ = finished
+    assert result.ensemble_val_acc is not None and result.ensemble_val_acc >= 0.9
+    assert result.ensemble_val_macro_f1 >= 0.9
+    assert result.n_train + result.n_val == 64 and result.n_val >= 12
+
+
+def test_result_history_and_progress(finished: tuple) -> None:
+    _, result, records = finished
+    assert [(r["epoch"], r["member"]) for r in records] == [
+        (e, m) for e in (1, 2, 3) for m in (0, 1)
+    ]
+    assert records[-1]["fraction_done"] == 1.0
+    assert records[0]["fraction_done"] == pytest.approx(1 / 6)
+    assert {"train_loss", "val_acc", "epochs", "members"} <= set(records[0])
+    assert len(result.history) == 6 and len(result.member_val_acc) == 2
+    assert len(result.class_weights) == 3 and sum(map(sum, result.confusion)) == result.n_val
+
+
+def test_checkpoints_load_weights_only_with_full_state(finished: tuple) -> None:
+    work, _, _ = finished
+    for i, ckpt in enumerate(_states(work, 2)):
+        assert ckpt["epoch"] == 3 and ckpt["member"] == i
+        assert {"model", "optimizer", "scheduler", "history", "params"} <= set(ckpt)
+        assert ckpt["params"] == TINY.to_dict()
+        assert len(ckpt["history"]) == 3
+    assert not list(work.glob("*.tmp"))
+    stored = json.loads((work / "params.json").read_text())
+    assert stored["params"] == TINY.to_dict()
+
+
+def test_saved_ensemble_round_trip_gives_same_predictions(finished: tuple) -> None:
+    work, result, _ = finished
+    ens = load_ensemble(result.ensemble_dir, "cpu")
+    assert ens.meta["frontend"] == "fe-x" and ens.classes == CLASSES
+    assert ens.meta["metrics"]["ensemble_val_acc"] == result.ensemble_val_acc
+    x = torch.from_numpy(_task(n=5, seed=9)[0])
+    with torch.no_grad():
+        expected = torch.stack(
+            [torch.softmax(m.eval()(x[:, None].float()), 1) for m in result.members]
+        )
+    assert torch.equal(ens.member_proba(x), expected)
+
+
+@pytest.mark.parametrize("stop_after_calls", [1, 9], ids=["between-members", "mid-epoch"])
+def test_interrupted_then_resumed_equals_uninterrupted(
+    finished: tuple, tmp_path: Path, stop_after_calls: int
+) -> None:
+    """Stopped via should_stop (after member 0's first epoch, or between batches of epoch 2),
+    then resumed: the final checkpoints are bit-identical to the uninterrupted run's."""
+    work, _, _ = finished
+    x, y, g = _task()
+    calls = {"n": 0}
+
+    def should_stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > stop_after_calls
+
+    with pytest.raises(TrainingStopped) as stopped:
+        run(TINY, x, y, g, CLASSES, tmp_path, should_stop=should_stop)
+    assert 0 < stopped.value.done < 6
+    done_before = stopped.value.done
+    records: list[dict] = []
+    run(TINY, x, y, g, CLASSES, tmp_path, progress=records.append)
+    assert len(records) == 6 - done_before
+    for ref, got in zip(_states(work, 2), _states(tmp_path, 2), strict=True):
+        assert ref["model"].keys() == got["model"].keys()
+        for k in ref["model"]:
+            assert torch.equal(ref["model"][k], got["model"][k]), k
+        assert ref["history"] == got["history"]
+
+
+def test_finished_run_resumes_without_training(finished: tuple, tmp_path: Path) -> None:
+    work, result, _ = finished
+    shutil.copytree(work, tmp_path / "w")
+    x, y, g = _task()
+    records: list[dict] = []
+    again = run(TINY, x, y, g, CLASSES, tmp_path / "w", progress=records.append)
+    assert records == []
+    assert again.ensemble_val_acc == result.ensemble_val_acc
+
+
+def test_resume_with_other_params_refused(finished: tuple) -> None:
+    work, _, _ = finished
+    x, y, g = _task()
+    other = TrainParams.from_dict({**TINY.to_dict(), "lr": 1e-3})
+    with pytest.raises(ValueError, match=r"lr: 0.0003 -> 0.001"):
+        run(other, x, y, g, CLASSES, work)
+    with pytest.raises(ValueError, match="training data differ"):
+        run(TINY, x, (y + 1) % 3, g, CLASSES, work)
+
+
+def test_params_round_trip_and_validation() -> None:
+    p = TrainParams()
+    assert (p.members, p.epochs, p.batch_size, p.lr, p.weight_decay) == (20, 20, 32, 3e-4, 1e-5)
+    assert (p.mixup_alpha, p.arch, p.normalize, p.val_fraction) == (0.4, "resnet34", "none", 0.2)
+    assert TrainParams.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    with pytest.raises(ValueError, match="unknown training parameters: width"):
+        TrainParams.from_dict({"width": 2})
+    with pytest.raises(ValueError, match="unknown arch"):
+        TrainParams(arch="vgg").validate()
+
+
+def test_recipe_optimizer_and_scheduler() -> None:
+    model = build_member(4, "resnet10")
+    opt = make_optimizer(model, TrainParams())
+    assert isinstance(opt, torch.optim.AdamW)
+    assert opt.param_groups[0]["lr"] == 3e-4 and opt.param_groups[0]["weight_decay"] == 1e-5
+    sched = make_scheduler(opt, epochs=20, steps_per_epoch=125)
+    assert isinstance(sched, CosineAnnealingWarmRestarts)
+    assert sched.T_0 == 20 * 125 // 2 == 1250
+    for _ in range(1250):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(3e-4)  # restarted after T_0 batches
+    assert make_scheduler(opt, epochs=1, steps_per_epoch=1).T_0 == 1
+
+
+def test_mixup_loss_is_plain_ce_at_lam_one_and_linear_otherwise() -> None:
+    torch.manual_seed(0)
+    logits, y_a, y_b = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1]), torch.arange(6) % 4
+    ce = torch.nn.CrossEntropyLoss(weight=torch.tensor([0.5, 1.0, 2.0, 1.0]))
+    assert torch.equal(mixup_loss(ce, logits, y_a, y_b, 1.0), ce(logits, y_a))
+    expected = 0.3 * ce(logits, y_a) + 0.7 * ce(logits, y_b)
+    torch.testing.assert_close(mixup_loss(ce, logits, y_a, y_b, 0.3), expected)
+
+
+def test_member_seeds_depend_on_member_and_epoch_only() -> None:
+    assert member_seeds(0, 1, 2) == member_seeds(0, 1, 2)
+    assert member_seeds(0, 1, 2) != member_seeds(0, 1, 3)
+    assert member_seeds(0, 1, 2) != member_seeds(0, 2, 2)
+    assert member_seeds(1, 0, 2) == member_seeds(0, 1, 2)  # member i is seeded with seed + i

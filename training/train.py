@@ -1,0 +1,529 @@
+"""Training an ensemble: the reference recipe, resumable member-epoch by member-epoch.
+
+Recipe (the reference, kept exactly): class-balanced CrossEntropyLoss; AdamW lr 3e-4, weight decay
+1e-5; batch 32; 20 epochs; CosineAnnealingWarmRestarts with T_0 = half of all steps, stepped every
+batch; Mixup (one lam ~ Beta(a, a) per batch, partner = the batch permuted). Member i is seeded
+with seed + i.
+
+Order is epoch-major (for epoch: for member) so all members advance together and a job stopped
+at any point has a usable, evenly trained ensemble so far. After each member-epoch the member's
+model, optimizer and scheduler state go to ``work_dir/member_XX.pt`` (atomic replace). All
+randomness of member i's epoch e (shuffle, mixup, dropout) is derived from (seed + i, e), so a
+resumed run needs no saved RNG state and ends with the same weights as an uninterrupted one
+(bit-identical on CPU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.optim import AdamW, Optimizer
+from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, LRScheduler
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from training.data import FeatureDataset, class_weights, group_split
+from training.ensemble import Ensemble, save_members
+from training.metrics import accuracy, confusion_matrix, macro_f1
+from training.model import ARCHS, N_FRAMES, N_MELS, NORMALIZE_MODES, build_member, prepare_input
+
+log = logging.getLogger(__name__)
+
+PARAMS_FILE = "params.json"
+ENSEMBLE_DIR = "ensemble"
+EVAL_BATCH = 64
+
+
+@dataclass
+class TrainParams:
+    """Everything that decides the trained weights; stored in work_dir/params.json."""
+
+    members: int = 20
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 1e-5
+    mixup_alpha: float = 0.4  # 0 turns Mixup off
+    seed: int = 0
+    arch: str = "resnet34"
+    normalize: str = "none"
+    val_fraction: float = 0.2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainParams:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training parameters: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def validate(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        if self.normalize not in NORMALIZE_MODES:
+            raise ValueError(f"unknown normalize {self.normalize!r}; choose {NORMALIZE_MODES}")
+        for name in ("members", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.mixup_alpha < 0:
+            raise ValueError(f"mixup_alpha must be >= 0, got {self.mixup_alpha}")
+
+
+class TrainingStopped(Exception):
+    """``should_stop()`` returned True. Every finished member-epoch is checkpointed; calling
+    ``run`` again with the same work_dir and params resumes. The member-epoch in flight when the
+    stop came is discarded and redone on resume (its randomness is derived, not saved)."""
+
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__(f"training stopped after {done} of {total} member-epochs")
+        self.done = done
+        self.total = total
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced. Accuracies are None when there is no validation set."""
+
+    classes: list[str]
+    member_val_acc: list[float | None]
+    ensemble_val_acc: float | None
+    ensemble_val_macro_f1: float | None
+    confusion: list[list[int]]  # rows true class, columns predicted, on validation
+    history: list[dict[str, Any]]  # one entry per member-epoch, ordered (epoch, member)
+    class_weights: list[float]
+    n_train: int
+    n_val: int
+    n_dropped: int
+    ensemble_dir: Path
+    members: list[nn.Module] = field(repr=False)
+
+    def metrics(self) -> dict[str, Any]:
+        """The JSON-serialisable part, for a model_versions row or meta.json."""
+        return {
+            "member_val_acc": self.member_val_acc,
+            "ensemble_val_acc": self.ensemble_val_acc,
+            "ensemble_val_macro_f1": self.ensemble_val_macro_f1,
+            "confusion": self.confusion,
+            "class_weights": self.class_weights,
+            "n_train": self.n_train,
+            "n_val": self.n_val,
+            "n_dropped": self.n_dropped,
+        }
+
+
+def member_seeds(seed: int, member: int, epoch: int) -> tuple[int, int, int]:
+    """(dropout, shuffle, mixup) seeds of one member-epoch; epoch 0 is the initialisation."""
+    s = np.random.SeedSequence([seed + member, epoch]).generate_state(3)
+    return int(s[0]), int(s[1]), int(s[2])
+
+
+def make_optimizer(model: nn.Module, params: TrainParams) -> AdamW:
+    return AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+
+
+def make_scheduler(optimizer: Optimizer, epochs: int, steps_per_epoch: int) -> LRScheduler:
+    """Cosine with warm restarts, stepped per batch; the first cycle spans half the run."""
+    return CosineAnnealingWarmRestarts(optimizer, T_0=max(1, epochs * steps_per_epoch // 2))
+
+
+def mixup_loss(
+    criterion: nn.Module, logits: Tensor, y_a: Tensor, y_b: Tensor, lam: float
+) -> Tensor:
+    """Mixup's loss for inputs ``lam * x_a + (1 - lam) * x_b``; plain CE on y_a when lam = 1."""
+    return lam * criterion(logits, y_a) + (1.0 - lam) * criterion(logits, y_b)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    criterion: nn.Module,
+    optimizer: Optimizer,
+    scheduler: LRScheduler,
+    device: torch.device,
+    *,
+    normalize: str = "none",
+    mixup_alpha: float = 0.4,
+    mixup_rng: np.random.Generator | None = None,
+    perm_generator: torch.Generator | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> float:
+    """One pass over ``loader`` ((B, 1, 299, 40) features, (B,) labels); returns the mean loss.
+
+    ``mixup_rng`` draws lam, ``perm_generator`` (a CPU generator) the partner permutation; both
+    seeded by the caller so the epoch is reproducible. ``should_stop`` is polled before each
+    batch and raises ``TrainingStopped`` (the partial epoch is thrown away by the caller).
+    """
+    model.train()
+    mixup_rng = mixup_rng if mixup_rng is not None else np.random.default_rng()
+    total = torch.zeros((), device=device)
+    seen = 0
+    for x, y in loader:
+        if should_stop is not None and should_stop():
+            raise TrainingStopped(0, 0)
+        x = prepare_input(x.to(device, non_blocking=True), normalize)
+        y = y.to(device, non_blocking=True)
+        if mixup_alpha > 0:
+            lam = float(mixup_rng.beta(mixup_alpha, mixup_alpha))
+            perm = torch.randperm(x.shape[0], generator=perm_generator).to(device)
+            x = lam * x + (1.0 - lam) * x[perm]
+            y_b = y[perm]
+        else:
+            lam, y_b = 1.0, y
+        loss = mixup_loss(criterion, model(x), y, y_b, lam)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.detach() * x.shape[0]
+        seen += x.shape[0]
+    return float(total.item()) / max(seen, 1)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, loader: DataLoader, device: torch.device, normalize: str = "none"
+) -> tuple[Tensor, Tensor]:
+    """(N, C) float32 logits and (N,) labels on CPU, in eval mode."""
+    model.eval()
+    outs, labels = [], []
+    for x, y in loader:
+        outs.append(model(prepare_input(x.to(device), normalize)).float().cpu())
+        labels.append(y)
+    if not outs:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.int64)
+    return torch.cat(outs), torch.cat(labels)
+
+
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device, normalize: str = "none"
+) -> dict[str, float | None]:
+    """Accuracy and plain (unweighted) CE of one member; None for both on an empty loader."""
+    logits, y = predict_logits(model, loader, device, normalize)
+    if len(y) == 0:
+        return {"acc": None, "loss": None}
+    return {
+        "acc": accuracy(y.numpy(), logits.argmax(1).numpy()),
+        "loss": float(nn.functional.cross_entropy(logits, y)),
+    }
+
+
+def run(
+    params: TrainParams,
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: Sequence[str | None] | None,
+    classes: Sequence[str],
+    work_dir: Path,
+    device: str | torch.device = "cpu",
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    *,
+    meta: dict[str, Any] | None = None,
+    show_progress: bool | None = None,
+) -> TrainResult:
+    """Train (or resume training) an ensemble on features ``x`` (N, 299, 40) float16.
+
+    ``y`` (N,) int indices into ``classes``; ``groups`` singer names for the split (see
+    ``group_split``). ``progress(record)`` is called after each member-epoch with member, epoch
+    (1-based), epochs, members, train_loss, val_acc, val_loss, fraction_done. ``should_stop`` is
+    polled between batches; when it returns True, ``TrainingStopped`` is raised. ``meta`` (e.g.
+    frontend parameters and version) is stored with the saved ensemble in work_dir/ensemble.
+    ``show_progress``: tqdm bar on stderr; None = only on a TTY. Raises ValueError if work_dir
+    holds a run with other params or other data.
+    """
+    params.validate()
+    device = torch.device(device)
+    work_dir = Path(work_dir)
+    y = np.asarray(y, dtype=np.int64)
+    n_classes = len(classes)
+    if x.ndim != 3 or x.shape[1:] != (N_FRAMES, N_MELS) or len(x) != len(y):
+        raise ValueError(f"need x (N, {N_FRAMES}, {N_MELS}) and y (N,), got {x.shape}, {y.shape}")
+    if len(y) and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError(
+            f"labels must index classes (0..{n_classes - 1}), got {y.min()}..{y.max()}"
+        )
+
+    train_idx, val_idx = group_split(groups, y, params.val_fraction, params.seed)
+    if len(train_idx) == 0:
+        raise ValueError("no training samples left after the group split")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    _check_or_write_params(work_dir, params, _fingerprint(x, y, groups, classes))
+
+    weights = class_weights(y[train_idx], n_classes)
+    criterion = nn.CrossEntropyLoss(weight=torch.from_numpy(weights).to(device))
+    pin = device.type == "cuda"
+    train_ds = FeatureDataset(x, y, train_idx)
+    val_loader = DataLoader(FeatureDataset(x, y, val_idx), batch_size=EVAL_BATCH, pin_memory=pin)
+    steps_per_epoch = math.ceil(len(train_idx) / params.batch_size)
+    log.info(
+        "training %d x %s on %d samples (%d validation, %d dropped), %d steps/epoch, %s",
+        params.members,
+        params.arch,
+        len(train_idx),
+        len(val_idx),
+        len(y) - len(train_idx) - len(val_idx),
+        steps_per_epoch,
+        device,
+    )
+
+    done = [_checkpoint_epoch(work_dir, i) for i in range(params.members)]
+    total = params.members * params.epochs
+    n_done = sum(done)
+    disable = None if show_progress is None else not show_progress
+    with tqdm(
+        total=total, initial=n_done, desc="member-epochs", file=sys.stderr, disable=disable
+    ) as bar:
+        for epoch in range(1, params.epochs + 1):
+            for i in range(params.members):
+                if done[i] >= epoch:
+                    continue
+                if should_stop is not None and should_stop():
+                    raise TrainingStopped(n_done, total)
+                try:
+                    record = _member_epoch(
+                        params,
+                        i,
+                        epoch,
+                        work_dir,
+                        device,
+                        train_ds,
+                        val_loader,
+                        criterion,
+                        n_classes,
+                        steps_per_epoch,
+                        pin,
+                        should_stop,
+                    )
+                except TrainingStopped:
+                    raise TrainingStopped(n_done, total) from None
+                done[i] = epoch
+                n_done += 1
+                bar.update(1)
+                record.update(epochs=params.epochs, members=params.members)
+                record["fraction_done"] = n_done / total
+                log.info(
+                    "member %d epoch %d/%d: train loss %.4f, val acc %s",
+                    i,
+                    epoch,
+                    params.epochs,
+                    record["train_loss"],
+                    record["val_acc"],
+                )
+                if progress is not None:
+                    progress(record)
+    return _finish(params, work_dir, device, classes, weights, val_loader, train_idx, y, meta)
+
+
+def _member_epoch(
+    params: TrainParams,
+    i: int,
+    epoch: int,
+    work_dir: Path,
+    device: torch.device,
+    train_ds: FeatureDataset,
+    val_loader: DataLoader,
+    criterion: nn.Module,
+    n_classes: int,
+    steps_per_epoch: int,
+    pin: bool,
+    should_stop: Callable[[], bool] | None,
+) -> dict[str, Any]:
+    """Train member i for its epoch ``epoch`` (1-based) from its checkpoint, then checkpoint it.
+
+    The uninterrupted run also reloads from disk, so it takes exactly the path a resumed run
+    takes; and only one member's optimizer state is in memory at a time.
+    """
+    if epoch == 1:
+        torch.manual_seed(member_seeds(params.seed, i, 0)[0])
+    model = build_member(n_classes, params.arch).to(device)
+    optimizer = make_optimizer(model, params)
+    scheduler = make_scheduler(optimizer, params.epochs, steps_per_epoch)
+    history: list[dict[str, Any]] = []
+    if epoch > 1:
+        ckpt = torch.load(_ckpt_path(work_dir, i), map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        history = list(ckpt["history"])
+
+    dropout_seed, shuffle_seed, mixup_seed = member_seeds(params.seed, i, epoch)
+    torch.manual_seed(dropout_seed)  # global RNG: dropout (and CUDA's, on a GPU)
+    loader = DataLoader(
+        train_ds,
+        batch_size=params.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(shuffle_seed),
+        pin_memory=pin,
+    )
+    train_loss = train_one_epoch(
+        model,
+        loader,
+        criterion,
+        optimizer,
+        scheduler,
+        device,
+        normalize=params.normalize,
+        mixup_alpha=params.mixup_alpha,
+        mixup_rng=np.random.default_rng(mixup_seed),
+        perm_generator=torch.Generator().manual_seed(mixup_seed),
+        should_stop=should_stop,
+    )
+    ev = evaluate(model, val_loader, device, params.normalize)
+    record = {
+        "member": i,
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "val_acc": ev["acc"],
+        "val_loss": ev["loss"],
+        "lr": float(optimizer.param_groups[0]["lr"]),
+    }
+    history.append(record)
+    _atomic_save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "member": i,
+            "history": history,
+            "params": params.to_dict(),
+        },
+        _ckpt_path(work_dir, i),
+    )
+    return dict(record)
+
+
+def _finish(
+    params: TrainParams,
+    work_dir: Path,
+    device: torch.device,
+    classes: Sequence[str],
+    weights: np.ndarray,
+    val_loader: DataLoader,
+    train_idx: np.ndarray,
+    y: np.ndarray,
+    meta: dict[str, Any] | None,
+) -> TrainResult:
+    """Load the final members, score validation as an ensemble, save it as safetensors."""
+    members, history = [], []
+    for i in range(params.members):
+        ckpt = torch.load(_ckpt_path(work_dir, i), map_location=device, weights_only=True)
+        m = build_member(len(classes), params.arch)
+        m.load_state_dict(ckpt["model"])
+        members.append(m)
+        history.extend(ckpt["history"])
+    history.sort(key=lambda r: (r["epoch"], r["member"]))
+    ens = Ensemble(members, classes, normalize=params.normalize, device=device, mode="loop")
+    probs, labels = [], []
+    for xb, yb in val_loader:
+        probs.append(ens.member_proba(xb).cpu())
+        labels.append(yb)
+    n_val = sum(len(b) for b in labels)
+    cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    member_acc: list[float | None] = [None] * params.members
+    ens_acc = ens_f1 = None
+    if n_val:
+        mp = torch.cat(probs, dim=1)  # (M, N_val, C)
+        yv = torch.cat(labels).numpy()
+        pred = mp.mean(0).argmax(1).numpy()
+        member_acc = [accuracy(yv, mp[k].argmax(1).numpy()) for k in range(len(members))]
+        ens_acc = accuracy(yv, pred)
+        ens_f1 = macro_f1(yv, pred, len(classes))
+        cm = confusion_matrix(yv, pred, len(classes))
+    result = TrainResult(
+        classes=list(classes),
+        member_val_acc=member_acc,
+        ensemble_val_acc=ens_acc,
+        ensemble_val_macro_f1=ens_f1,
+        confusion=cm.tolist(),
+        history=history,
+        class_weights=[float(w) for w in weights],
+        n_train=len(train_idx),
+        n_val=n_val,
+        n_dropped=len(y) - len(train_idx) - n_val,
+        ensemble_dir=work_dir / ENSEMBLE_DIR,
+        members=ens.members,
+    )
+    save_members(
+        result.ensemble_dir,
+        ens.members,
+        {
+            **(meta or {}),
+            "classes": list(classes),
+            "arch": params.arch,
+            "normalize": params.normalize,
+            "train_params": params.to_dict(),
+            "metrics": result.metrics(),
+        },
+    )
+    log.info("ensemble val acc %s (members %s)", ens_acc, member_acc)
+    return result
+
+
+def _ckpt_path(work_dir: Path, i: int) -> Path:
+    return work_dir / f"member_{i:02d}.pt"
+
+
+def _checkpoint_epoch(work_dir: Path, i: int) -> int:
+    """Last finished epoch recorded for member i (0 if none); mmap, so nothing big is read."""
+    path = _ckpt_path(work_dir, i)
+    if not path.exists():
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+
+
+def _atomic_save(obj: dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary file then rename, so a kill never leaves half a checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _fingerprint(
+    x: np.ndarray, y: np.ndarray, groups: Sequence[str | None] | None, classes: Sequence[str]
+) -> dict[str, Any]:
+    """Cheap identity of the training data: labels, groups, classes and a sample of features."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(y).tobytes())
+    h.update(json.dumps(None if groups is None else [str(g) for g in groups]).encode())
+    rows = x[:: max(1, len(x) // 64)]
+    h.update(np.ascontiguousarray(rows, dtype=np.float16).tobytes())
+    return {"n_samples": len(y), "classes": list(classes), "sha256": h.hexdigest()}
+
+
+def _check_or_write_params(work_dir: Path, params: TrainParams, data: dict[str, Any]) -> None:
+    """Refuse to resume a run made with other params or data; record them for a new run."""
+    path = work_dir / PARAMS_FILE
+    current = {"params": params.to_dict(), "data": data}
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored != current:
+            old, new = stored.get("params", {}), current["params"]
+            diff = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+            if stored.get("data") != data:
+                diff.append("training data differ")
+            raise ValueError(
+                f"{work_dir} holds a run with other settings ({'; '.join(diff)}); "
+                "resume with the same params and data, or use a new work_dir"
+            )
+        return
+    if any(work_dir.glob("member_*.pt")):
+        raise ValueError(f"{work_dir} has checkpoints but no {PARAMS_FILE}; use a new work_dir")
+    tmp = path.with_name(PARAMS_FILE + ".tmp")
+    tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
+    os.replace(tmp, path)

@@ -1,0 +1,87 @@
+"""What a process loads once: the torch device, the Spleeter separator, model ensembles.
+
+Loaded lazily on first use, not at import, so `scorer --help` is instant and a forked Celery
+child loads its own copy after the fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.frontend import FrontendConfig
+from scorer.settings import Settings
+
+if TYPE_CHECKING:
+    from pipeline.spleeter import Separator
+    from training.ensemble import Ensemble
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(requested: str) -> str:
+    """`auto` -> cuda when a GPU is visible, else cpu. Chosen only here, at the entry point."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        from scorer.errors import ScorerError
+
+        raise ScorerError("SCORER_DEVICE=cuda but no CUDA device is visible; use auto or cpu")
+    return requested
+
+
+def configure_threads(settings: Settings) -> None:
+    """torch intra-op threads: SCORER_TORCH_THREADS, or every core for the one embedded process."""
+    import torch
+
+    n = settings.torch_threads or os.cpu_count() or 1
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def frontend_from_settings(settings: Settings) -> FrontendConfig:
+    return FrontendConfig(separation=settings.separation, spleeter_frames=settings.spleeter_frames)
+
+
+@dataclass
+class Runtime:
+    """Per-process state shared by every stage run in this process."""
+
+    settings: Settings
+    frontend_override: FrontendConfig | None = None
+    _ensembles: dict[str, Ensemble] = field(default_factory=dict)
+
+    @cached_property
+    def device(self) -> str:
+        return resolve_device(self.settings.device)
+
+    @cached_property
+    def frontend(self) -> FrontendConfig:
+        """The model's front end when one is given (features must match what it was trained on)."""
+        return self.frontend_override or frontend_from_settings(self.settings)
+
+    @cached_property
+    def separator(self) -> Separator | None:
+        if not self.frontend.separation:
+            return None
+        from pipeline.spleeter import load_separator
+
+        log.info("loading Spleeter 2-stem (T=%d) on %s", self.frontend.spleeter_frames, self.device)
+        return load_separator(self.device, self.frontend.spleeter_frames)
+
+    def ensemble(self, weights_uri: str) -> Ensemble:
+        """The ensemble stored at `weights_uri`, loaded once per process."""
+        if weights_uri not in self._ensembles:
+            from training.ensemble import load_ensemble
+
+            path = Path(weights_uri)
+            if not path.is_absolute():
+                path = self.settings.resolved_model_dir / path
+            self._ensembles[weights_uri] = load_ensemble(path, self.device)
+        return self._ensembles[weights_uri]

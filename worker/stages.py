@@ -1,0 +1,181 @@
+"""The stages of one snippet's path, shared by the embedded CLI and the Celery tasks.
+
+Each stage is: compute (pipeline/ or training/, no I/O) -> write rows (one transaction, idempotent)
+-> return what the next stage needs. A bad item is caught here, at its boundary, and recorded on
+its own row; the rest of its batch goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from sqlalchemy.orm import Session
+
+from pipeline.decode import Audio, decode
+from scorer.db import queries
+from scorer.db.models import FILE_WINDOW, ModelVersion, SnippetStatus
+from scorer.errors import InputError
+from worker.runtime import Runtime
+
+if TYPE_CHECKING:
+    from training.ensemble import Ensemble
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Item:
+    """One snippet on its way through preprocessing: its content and where it came from."""
+
+    sha256: str
+    data: bytes
+    name: str
+
+
+@dataclass
+class Preprocessed:
+    sha256: str
+    windows: np.ndarray | None = None  # (W, 299, 40) float16
+    audio_info: dict | None = None
+    error: str | None = None
+
+
+def preprocess(rt: Runtime, items: list[Item]) -> list[Preprocessed]:
+    """Decode each item (a bad one fails alone), then separate and featurise the rest as a batch."""
+    out: dict[str, Preprocessed] = {}
+    good: list[tuple[Item, Audio]] = []
+    for item in items:
+        try:
+            audio = decode(item.data, max_duration_s=rt.settings.max_duration_s)
+        except InputError as exc:
+            out[item.sha256] = Preprocessed(item.sha256, error=str(exc))
+            continue
+        good.append((item, audio))
+        out[item.sha256] = Preprocessed(
+            item.sha256,
+            audio_info={
+                "duration_s": audio.duration_s,
+                "sample_rate": audio.sample_rate,
+                "channels": audio.channels,
+            },
+        )
+    if good:
+        from pipeline.preprocess import featurize
+
+        feats = featurize(
+            [a for _, a in good],
+            rt.frontend,
+            rt.separator,
+            device=rt.device,
+            min_tail_s=rt.settings.min_tail_s,
+        )
+        for (item, _), windows in zip(good, feats, strict=True):
+            out[item.sha256].windows = windows
+    return [out[i.sha256] for i in items]
+
+
+def save_preprocessed(session: Session, frontend_version: str, results: list[Preprocessed]) -> None:
+    """Features rows + status `preprocessed`, or status `failed` with the one-line reason."""
+    for r in results:
+        if r.error is not None:
+            queries.mark_failed(session, r.sha256, r.error)
+            continue
+        assert r.windows is not None
+        queries.store_features(session, r.sha256, frontend_version, r.windows)
+        queries.set_status(
+            session,
+            [r.sha256],
+            SnippetStatus.preprocessed,
+            n_windows=int(r.windows.shape[0]),
+            **(r.audio_info or {}),
+        )
+
+
+def file_verdict(window_probs: np.ndarray, classes: list[str]) -> np.ndarray:
+    """Combine a file's (W, C) window probabilities into one (C,) verdict.
+
+    Mean of the windows that contain voice (P(none) < 0.5) when the class set has `none` and any
+    window has voice; otherwise the mean of all windows. A song with a long instrumental intro is
+    then judged by its sung parts, and an instrumental file stays `none`.
+    """
+    if "none" in classes and window_probs.shape[0] > 1:
+        voiced = window_probs[:, classes.index("none")] < 0.5
+        if voiced.any():
+            return window_probs[voiced].mean(axis=0)
+    return window_probs.mean(axis=0)
+
+
+def _entropy(p: np.ndarray) -> float:
+    p = np.clip(p, 1e-12, 1.0)
+    return float(-(p * np.log(p)).sum())
+
+
+def predict_windows(
+    ensemble: Ensemble, windows: np.ndarray, batch_size: int
+) -> dict[str, np.ndarray]:
+    """(N, 299, 40) float16 windows -> the ensemble's summary per window, in batches, as numpy."""
+    parts: list[dict[str, torch.Tensor]] = []
+    for start in range(0, len(windows), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(windows[start : start + batch_size]))
+        parts.append({k: v.cpu() for k, v in ensemble.predict(x).items()})
+    return {k: torch.cat([p[k] for p in parts]).numpy() for k in parts[0]}
+
+
+def score(session: Session, rt: Runtime, model: ModelVersion, shas: list[str]) -> dict[str, str]:
+    """Run the ensemble over the windows of `shas`, upsert predictions, mark them scored.
+
+    Returns {sha: file label}. Shas without features of the model's front end are left alone.
+    """
+    feats = queries.load_features(session, shas, model.frontend_version)
+    if not feats:
+        return {}
+    order = [s for s in shas if s in feats]
+    stacked = np.concatenate([feats[s] for s in order], axis=0)
+    ensemble = rt.ensemble(model.weights_uri)
+    summary = predict_windows(ensemble, stacked, batch_size=rt.settings.infer_batch)
+    classes = list(model.classes)
+    rows: list[dict] = []
+    labels: dict[str, str] = {}
+    hop_s = rt.frontend.window_samples / rt.frontend.sample_rate
+    offset = 0
+    for sha in order:
+        w = feats[sha].shape[0]
+        probs = summary["proba"][offset : offset + w]
+        for i in range(w):
+            rows.append(
+                {
+                    "sha256": sha,
+                    "window_index": i,
+                    "start_s": i * hop_s,
+                    "model_version_id": model.id,
+                    "probabilities": [round(float(p), 6) for p in probs[i]],
+                    "label": classes[int(summary["label_idx"][offset + i])],
+                    "confidence": float(summary["confidence"][offset + i]),
+                    "disagreement": float(summary["disagreement"][offset + i]),
+                    "entropy": float(summary["entropy"][offset + i]),
+                }
+            )
+        verdict = file_verdict(probs, classes)
+        k = int(verdict.argmax())
+        labels[sha] = classes[k]
+        rows.append(
+            {
+                "sha256": sha,
+                "window_index": FILE_WINDOW,
+                "start_s": 0.0,
+                "model_version_id": model.id,
+                "probabilities": [round(float(p), 6) for p in verdict],
+                "label": classes[k],
+                "confidence": float(verdict[k]),
+                "disagreement": float(summary["disagreement"][offset : offset + w].mean()),
+                "entropy": _entropy(verdict),
+            }
+        )
+        offset += w
+    queries.upsert_predictions(session, rows)
+    queries.set_status(session, order, SnippetStatus.scored)
+    return labels
