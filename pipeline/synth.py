@@ -575,7 +575,7 @@ def _drums(bt: Backing, trng: np.random.Generator, sr: int, n: int, t0: float, b
                         ph = 2 * np.pi * np.cumsum(f) / sr
                         kick[a:b] += vel * np.sin(ph) * np.exp(-t / 0.18)
                 elif kind == "s":
-                    t = hit(snare_env, at, 0.35, 0.09, vel)
+                    t = hit(snare_env, at, 0.3, 0.06, vel)
                     if t is not None:
                         s0 = int(round(at * sr))
                         a = max(0, s0)
@@ -583,9 +583,9 @@ def _drums(bt: Backing, trng: np.random.Generator, sr: int, n: int, t0: float, b
                             0.5 * vel * np.sin(2 * np.pi * snare_f * t) * np.exp(-t / 0.05)
                         )
                 else:
-                    hit(hat_env, at, 0.15, 0.025, vel)
-    snare = _shape_noise(rng.normal(0, 1, n) * snare_env, sr, 3000.0, 1.3) * 2.0 + snare_tone
-    hats = _shape_noise(rng.normal(0, 1, n) * hat_env, sr, min(hat_c, 0.42 * sr), 0.5) * 1.5
+                    hit(hat_env, at, 0.12, 0.02, vel)
+    snare = _shape_noise(rng.normal(0, 1, n) * snare_env, sr, 2500.0, 1.0) + snare_tone
+    hats = _shape_noise(rng.normal(0, 1, n) * hat_env, sr, min(hat_c, 0.42 * sr), 0.5) * 0.5
     pan_h = trng.uniform(0.3, 0.7)
     gains = 10 ** (trng.uniform(-3, 1, 3) / 20)
     mono = gains[0] * kick + gains[1] * snare
@@ -667,7 +667,7 @@ def _render_backing(
     acc = band.out / (np.sqrt(np.mean(band.out**2)) + 1e-9)
     drums = _drums(bt, trng, sr, n, t0, bar)
     if np.any(drums):
-        acc += drums / np.sqrt(np.mean(drums**2)) * 10 ** (trng.uniform(-5, 0) / 20)
+        acc += drums / np.sqrt(np.mean(drums**2)) * 10 ** (trng.uniform(-12, -5) / 20)
     return acc / (np.sqrt(np.mean(acc**2)) + 1e-9)
 
 

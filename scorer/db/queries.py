@@ -34,6 +34,28 @@ def _insert(session: Session, model: type) -> Any:
     raise NotImplementedError(f"unsupported database dialect {name!r}")
 
 
+_MAX_PARAMS = 10_000
+"""Bound parameters per statement, well under SQLite's 32766 and PostgreSQL's 65535."""
+
+
+def _insert_ignore(
+    session: Session, model: type, rows: Sequence[dict[str, Any]], key: list[str]
+) -> None:
+    """Multi-row INSERT ... ON CONFLICT (key) DO NOTHING, in chunks that fit the parameter limit.
+
+    A multi-row VALUES needs the same keys in every row, so rows are grouped by their key set
+    (a caller may give `label` for some rows only).
+    """
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(sorted(r)), []).append(r)
+    for keys, group in groups.items():
+        step = max(1, _MAX_PARAMS // max(1, len(keys)))
+        for start in range(0, len(group), step):
+            stmt = _insert(session, model).values(group[start : start + step])
+            session.execute(stmt.on_conflict_do_nothing(index_elements=key))
+
+
 def add_snippets(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:
     """Insert-or-ignore snippets by sha256; returns the shas that were new.
 
@@ -42,8 +64,11 @@ def add_snippets(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:
     """
     if not rows:
         return set()
-    shas = [r["sha256"] for r in rows]
-    known = set(session.scalars(select(Snippet.sha256).where(Snippet.sha256.in_(shas))))
+    shas = list({r["sha256"] for r in rows})
+    known: set[str] = set()
+    for start in range(0, len(shas), 500):
+        chunk = shas[start : start + 500]
+        known.update(session.scalars(select(Snippet.sha256).where(Snippet.sha256.in_(chunk))))
     now = utcnow()
     new = [
         {"status": SnippetStatus.queued, "attempts": 0, "created_at": now, "updated_at": now, **r}
@@ -51,10 +76,7 @@ def add_snippets(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:
         if r["sha256"] not in known
     ]
     if new:
-        stmt = (
-            _insert(session, Snippet).values(new).on_conflict_do_nothing(index_elements=["sha256"])
-        )
-        session.execute(stmt)
+        _insert_ignore(session, Snippet, new, ["sha256"])
     for r in rows:
         if r["sha256"] in known and (r.get("label") or r.get("group")):
             values = {k: r[k] for k in ("label", "group") if r.get(k)}
@@ -70,11 +92,12 @@ def set_status(
     **values: Any,
 ) -> None:
     shas = list(shas)
-    if shas:
+    now = utcnow()
+    for start in range(0, len(shas), 500):
         session.execute(
             update(Snippet)
-            .where(Snippet.sha256.in_(shas))
-            .values(status=status, error=error, updated_at=utcnow(), **values)
+            .where(Snippet.sha256.in_(shas[start : start + 500]))
+            .values(status=status, error=error, updated_at=now, **values)
         )
 
 
@@ -85,7 +108,7 @@ def mark_failed(session: Session, sha: str, reason: str) -> None:
 
 def store_features(session: Session, sha: str, frontend_version: str, windows: np.ndarray) -> None:
     """Insert-or-ignore the (W, frames, mels) windows of one snippet as float16 bytes."""
-    arr = np.ascontiguousarray(windows, dtype=np.float16)
+    arr = np.ascontiguousarray(windows, dtype="<f2")  # little-endian on every host
     stmt = (
         _insert(session, Feature)
         .values(
@@ -117,7 +140,8 @@ def load_features(
             .where(Feature.frontend_version == frontend_version)
         )
         for sha, w, t, m, data in rows:
-            out[sha] = np.frombuffer(data, dtype=np.float16).reshape(w, t, m)
+            arr = np.frombuffer(data, dtype="<f2").reshape(w, t, m)
+            out[sha] = arr.astype(np.float16, copy=False)
     return out
 
 
@@ -157,12 +181,7 @@ def upsert_predictions(session: Session, rows: Sequence[dict[str, Any]]) -> None
         return
     now = utcnow()
     values = [{"created_at": now, **r} for r in rows]
-    for start in range(0, len(values), 1000):
-        stmt = _insert(session, Prediction).values(values[start : start + 1000])
-        stmt = stmt.on_conflict_do_nothing(
-            index_elements=["sha256", "window_index", "model_version_id"]
-        )
-        session.execute(stmt)
+    _insert_ignore(session, Prediction, values, ["sha256", "window_index", "model_version_id"])
 
 
 def active_model(session: Session) -> ModelVersion | None:

@@ -96,27 +96,41 @@ def test_saved_ensemble_round_trip_gives_same_predictions(finished: tuple) -> No
     assert torch.equal(ens.member_proba(x), expected)
 
 
-@pytest.mark.parametrize("stop_after_calls", [1, 9], ids=["between-members", "mid-epoch"])
-def test_interrupted_then_resumed_equals_uninterrupted(
-    finished: tuple, tmp_path: Path, stop_after_calls: int
-) -> None:
-    """Stopped via should_stop (after member 0's first epoch, or between batches of epoch 2),
-    then resumed: the final checkpoints are bit-identical to the uninterrupted run's."""
+def test_interrupted_then_resumed_equals_uninterrupted(finished: tuple, tmp_path: Path) -> None:
+    """Stopped twice via should_stop: two batches into member 1's first epoch, then right after
+    member-epoch 3; resumed each time. The final checkpoints (weights, BN statistics, history)
+    are bit-identical to the uninterrupted run's, and no finished member-epoch is redone."""
     work, _, _ = finished
     x, y, g = _task()
-    calls = {"n": 0}
+    seen: list[dict] = []
 
-    def should_stop() -> bool:
-        calls["n"] += 1
-        return calls["n"] > stop_after_calls
+    def stopper(after_member_epochs: int, extra_calls: int):
+        calls = {"n": 0}
 
-    with pytest.raises(TrainingStopped) as stopped:
-        run(TINY, x, y, g, CLASSES, tmp_path, should_stop=should_stop)
-    assert 0 < stopped.value.done < 6
-    done_before = stopped.value.done
-    records: list[dict] = []
-    run(TINY, x, y, g, CLASSES, tmp_path, progress=records.append)
-    assert len(records) == 6 - done_before
+        def should_stop() -> bool:
+            if len(seen) < after_member_epochs:
+                return False
+            calls["n"] += 1
+            return calls["n"] > extra_calls
+
+        return should_stop
+
+    for k, extra in [(1, 2), (3, 0)]:
+        with pytest.raises(TrainingStopped) as stopped:
+            run(
+                TINY,
+                x,
+                y,
+                g,
+                CLASSES,
+                tmp_path,
+                progress=seen.append,
+                should_stop=stopper(k, extra),
+            )
+        assert stopped.value.done == k == len(seen)
+        assert stopped.value.total == 6
+    run(TINY, x, y, g, CLASSES, tmp_path, progress=seen.append)
+    assert [(r["epoch"], r["member"]) for r in seen] == [(e, m) for e in (1, 2, 3) for m in (0, 1)]
     for ref, got in zip(_states(work, 2), _states(tmp_path, 2), strict=True):
         assert ref["model"].keys() == got["model"].keys()
         for k in ref["model"]:
