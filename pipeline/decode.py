@@ -78,8 +78,8 @@ def decode(data: bytes, *, name: str | None = None, max_duration_s: float | None
             sample_rate = int(f.samplerate)
             if max_duration_s is not None and f.frames / sample_rate > max_duration_s:
                 raise InputError(
-                    f"{_prefix(name)}too long: {f.frames / sample_rate:.1f} s > {max_duration_s:g} s "
-                    "limit (SCORER_MAX_DURATION_S)"
+                    f"{_prefix(name)}too long: {f.frames / sample_rate:.1f} s > "
+                    f"{max_duration_s:g} s limit (SCORER_MAX_DURATION_S)"
                 )
             frames = f.read(dtype="float32", always_2d=True)  # (n, channels)
     except sf.SoundFileError as err:

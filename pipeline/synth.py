@@ -72,7 +72,7 @@ def make_singer(rng: np.random.Generator, gender: Gender, singer_id: str) -> Sin
         f0_center=float(np.exp(rng.uniform(np.log(lo), np.log(hi)))),
         formant_scale=float(rng.uniform(0.94, 1.06) if male else rng.uniform(1.12, 1.24)),
         vibrato_rate=float(rng.uniform(4.8, 6.2)),
-        vibrato_depth=float(rng.uniform(0.25, 0.8)),
+        vibrato_depth=float(rng.uniform(0.4, 0.9)),
         breathiness=float(rng.uniform(0.03, 0.15) if male else rng.uniform(0.05, 0.2)),
         open_quotient=float(rng.uniform(0.45, 0.65) if male else rng.uniform(0.55, 0.75)),
         jitter=float(rng.uniform(0.03, 0.1)),
@@ -126,6 +126,7 @@ class Snippet:
 
     `mix`, `vocals`, `accompaniment`: (2, n) float32; `vocals` is all zeros for `none`.
     `voices`: one dry mono (n,) float32 track per singer, for pitch checks.
+    Rendered with `stems=False`, the parts are empty: (2, 0) arrays and no voices.
     """
 
     label: Label
@@ -252,11 +253,15 @@ def _harmony(
     delay = float(rng.uniform(0.0, 0.6)) if rng.random() < 0.3 else -1.0
     notes = []
     for n, d in zip(lead, degrees, strict=True):
-        d = int(d)
-        while _midi(d, tonic, scale) > hi + 0.5:
-            d -= 7
-        while _midi(d, tonic, scale) < lo - 0.5:
-            d += 7
+        # Notes outside the singer's range move by octaves to the nearest fit; the pitch class,
+        # hence the interval to the lead, stays.
+        d = min(
+            (int(d) + 7 * k for k in range(-3, 4)),
+            key=lambda x: (
+                max(lo - _midi(x, tonic, scale), _midi(x, tonic, scale) - hi, 0),
+                abs(x - d),
+            ),
+        )
         if n.start >= delay:
             jit = float(rng.normal(0, 0.012))
             notes.append(_Note(n.start + jit, n.end + jit, d, n.vowel, n.onset))
@@ -330,7 +335,7 @@ def _render_voice(
     scoop_c = np.zeros(nc)
     breath_c = np.zeros(nc)
     hiss = {"s": np.zeros(nc), "sh": np.zeros(nc), "t": np.zeros(nc)}
-    vib_delay = float(rng.uniform(0.08, 0.2))
+    vib_delay = float(rng.uniform(0.03, 0.12))
     for j, note in enumerate(notes):
         i0, i1 = np.clip(np.round(np.array([note.start, note.end]) * sr / _HOP_C), 0, nc).astype(
             int
@@ -366,7 +371,7 @@ def _render_voice(
             form_c[i0:i1][nasal] = np.array(_VOWELS["m"][0]) * singer.formant_scale
             band_c[i0:i1][nasal] = np.array(_VOWELS["m"][1])
         amp_c[i0:i1] = a
-        vib_c[i0:i1] = np.clip((t - vib_delay) / 0.2, 0, 1)
+        vib_c[i0:i1] = np.clip((t - vib_delay) / 0.12, 0.3, 1)
         if not legato:
             scoop_c[i0:i1] = -rng.uniform(0.2, 0.8) * np.exp(-t / 0.04)
         if nxt is not None and nxt.start - note.end > 0.12:  # breath intake before the next phrase
@@ -467,7 +472,7 @@ def _make_inst(rng: np.random.Generator, kind: str) -> _Inst:
 
 
 class _Band:
-    """The accompaniment buffer and its note writer; wavetables cached per (instrument, harmonics)."""
+    """The accompaniment buffer and its note writer; wavetables cached per instrument and band."""
 
     table_bits = 14  # 16384-sample tables, nearest lookup: interpolation error below -40 dB
 
@@ -483,8 +488,8 @@ class _Band:
             spec = np.zeros((2, size // 2 + 1), dtype=complex)
             k = np.arange(1, n_harm + 1)
             bright = k > inst.split
-            spec[0, k[~bright]] = -0.5j * size * inst.amps[: n_harm][~bright]
-            spec[1, k[bright]] = -0.5j * size * inst.amps[: n_harm][bright]
+            spec[0, k[~bright]] = -0.5j * size * inst.amps[:n_harm][~bright]
+            spec[1, k[bright]] = -0.5j * size * inst.amps[:n_harm][bright]
             body, high = np.fft.irfft(spec, size, axis=1).astype(np.float32)
             self._tables[key] = (body, high)
         return self._tables[key]
@@ -552,7 +557,7 @@ def _drums(bt: Backing, trng: np.random.Generator, sr: int, n: int, t0: float, b
     step = bar / 16
 
     def hit(env: np.ndarray, at: float, length: float, tau: float, vel: float) -> np.ndarray | None:
-        s0 = int(round(at * sr))
+        s0 = round(at * sr)
         a, b = max(0, s0), min(n, s0 + int(length * sr))
         if b <= a:
             return None
@@ -564,10 +569,10 @@ def _drums(bt: Backing, trng: np.random.Generator, sr: int, n: int, t0: float, b
     for bar_i in range(first, first + int(np.ceil((n / sr + 1.0) / bar)) + 2):
         for steps, kind in ((kick_steps, "k"), (snare_steps, "s"), (hat_steps, "h")):
             for s in steps:
-                at = bar_i * bar + s * step - t0 + rng.normal(0, 0.004)
+                at = float(bar_i * bar + s * step - t0 + rng.normal(0, 0.004))
                 vel = rng.uniform(0.8, 1.0) * (0.7 if kind == "h" and s % 4 else 1.0)
                 if kind == "k":
-                    s0 = int(round(at * sr))
+                    s0 = round(at * sr)
                     a, b = max(0, s0), min(n, s0 + int(0.4 * sr))
                     if b > a:
                         t = (np.arange(a, b) - s0) / sr
@@ -577,7 +582,7 @@ def _drums(bt: Backing, trng: np.random.Generator, sr: int, n: int, t0: float, b
                 elif kind == "s":
                     t = hit(snare_env, at, 0.3, 0.06, vel)
                     if t is not None:
-                        s0 = int(round(at * sr))
+                        s0 = round(at * sr)
                         a = max(0, s0)
                         snare_tone[a : a + len(t)] += (
                             0.5 * vel * np.sin(2 * np.pi * snare_f * t) * np.exp(-t / 0.05)
@@ -680,8 +685,8 @@ _PAIRS: tuple[tuple[Gender, Gender], ...] = (
 )
 
 
-def _reverb(x: np.ndarray, rng: np.random.Generator, sr: int) -> np.ndarray:
-    """One shared room for all parts: (S, 2, n) dry -> wet only, decorrelated stereo tail."""
+def _room(rng: np.random.Generator, sr: int) -> np.ndarray:
+    """One shared room for all parts: a (2, L) decorrelated stereo tail, wet level included."""
     rt60 = rng.uniform(0.3, 1.2)
     length = int(min(rt60, 1.0) * sr)
     t = np.arange(length) / sr
@@ -689,10 +694,14 @@ def _reverb(x: np.ndarray, rng: np.random.Generator, sr: int) -> np.ndarray:
     ir[:, : int(0.012 * sr)] = 0.0  # pre-delay
     ir = _shape_noise_2d(ir, sr)
     ir /= np.sqrt(np.sum(ir**2, axis=1, keepdims=True)) + 1e-9
+    return ir * 10 ** (rng.uniform(-14, -6) / 20)
+
+
+def _with_reverb(x: np.ndarray, ir: np.ndarray) -> np.ndarray:
+    """(..., 2, n) dry -> dry + wet, truncated to n."""
     n = x.shape[-1]
-    size = 1 << int(np.ceil(np.log2(n + length)))
-    wet = np.fft.irfft(np.fft.rfft(x, size) * np.fft.rfft(ir, size)[None], size)[..., :n]
-    return wet * 10 ** (rng.uniform(-14, -6) / 20)
+    size = 1 << int(np.ceil(np.log2(n + ir.shape[-1])))
+    return x + np.fft.irfft(np.fft.rfft(x, size) * np.fft.rfft(ir, size), size)[..., :n]
 
 
 def _shape_noise_2d(ir: np.ndarray, sr: int) -> np.ndarray:
@@ -732,12 +741,14 @@ def render_snippet(
     seconds: float = 3.0,
     singers: Sequence[Singer] | None = None,
     backings: Sequence[Backing] | None = None,
+    stems: bool = True,
 ) -> Snippet:
     """One labelled snippet with its stems; all randomness comes from `rng` (deterministic).
 
     `singers` / `backings` are the pools to draw from (None: draw fresh ones), which is how a data
     set keeps its train and test singers apart. Voice-to-backing ratio -3..+6 dB; final RMS
-    -26..-16 dBFS with peaks below -1 dBFS, so 16-bit files never clip.
+    -26..-16 dBFS with peaks below -1 dBFS, so 16-bit files never clip. `stems=False` skips
+    the parts (empty arrays) for speed; the mix is identical either way.
     """
     if label not in LABELS:
         raise ValueError(f"label must be one of {LABELS}, got {label!r}")
@@ -763,25 +774,25 @@ def render_snippet(
         ratio = 10 ** (rng.uniform(-3, 6) / 20) / (np.sqrt(np.mean(vocals**2)) + 1e-9)
         vocals *= ratio
         dry = [v * ratio for v in dry]
-    stems = np.stack([vocals, acc])
-    stems = stems + _reverb(stems, rng, r_sr)
-    tracks = [*stems, *(d[None] for d in dry)]
+    ir = _room(rng, r_sr)
+    # The mix is made the same way with or without stems, so both paths give the same bytes.
+    tracks = [_with_reverb(vocals + acc, ir)]
+    if stems:
+        tracks += [_with_reverb(vocals, ir), _with_reverb(acc, ir), *(d[None] for d in dry)]
     if r_sr != sr:
         tracks = [soxr.resample(x.T, r_sr, sr).T for x in tracks]
     tracks = [np.pad(x, ((0, 0), (0, max(0, n - x.shape[1]))))[:, :n] for x in tracks]
-    mix = tracks[0] + tracks[1]
+    mix = tracks[0]
     gain = 10 ** (rng.uniform(-26, -16) / 20) / (np.sqrt(np.mean(mix**2)) + 1e-12)
     gain = min(gain, 0.89 / (np.max(np.abs(mix)) + 1e-12))
-    if label == "none":
-        group = bt.id
-    else:
-        group = "+".join(sorted(s.id for s in chosen))
+    group = bt.id if label == "none" else "+".join(sorted(s.id for s in chosen))
+    empty = np.zeros((2, 0), dtype=np.float32)
     return Snippet(
         label=label,
         mix=(mix * gain).astype(np.float32),
-        vocals=(tracks[0] * gain).astype(np.float32),
-        accompaniment=(tracks[1] * gain).astype(np.float32),
-        voices=[(x[0] * gain).astype(np.float32) for x in tracks[2:]],
+        vocals=(tracks[1] * gain).astype(np.float32) if stems else empty,
+        accompaniment=(tracks[2] * gain).astype(np.float32) if stems else empty,
+        voices=[(x[0] * gain).astype(np.float32) for x in tracks[3:]],
         singers=chosen,
         backing=bt,
         group=group,
@@ -797,7 +808,7 @@ def make_snippet(
     backings: Sequence[Backing] | None = None,
 ) -> np.ndarray:
     """The mixture only: (2, round(seconds * sr)) float32 stereo in [-0.89, 0.89]."""
-    return render_snippet(label, rng, sr, seconds, singers, backings).mix
+    return render_snippet(label, rng, sr, seconds, singers, backings, stems=False).mix
 
 
 def _pools(rng: np.random.Generator, count: int, start: int) -> tuple[list[Singer], list[Backing]]:
@@ -853,7 +864,7 @@ def generate_dataset(
                     pool = [males[i % len(males)]]
                 elif label == "female":
                     pool = [females[i % len(females)]]
-                snip = render_snippet(label, rng, sr, seconds, pool, backings)
+                snip = render_snippet(label, rng, sr, seconds, pool, backings, stems=False)
                 name = f"{label}/{label}_{i:04d}.{fmt}"
                 pcm = np.round(snip.mix.T * 32767.0).astype(np.int16)
                 sf.write(

@@ -34,26 +34,21 @@ def _insert(session: Session, model: type) -> Any:
     raise NotImplementedError(f"unsupported database dialect {name!r}")
 
 
-_MAX_PARAMS = 10_000
-"""Bound parameters per statement, well under SQLite's 32766 and PostgreSQL's 65535."""
-
-
 def _insert_ignore(
     session: Session, model: type, rows: Sequence[dict[str, Any]], key: list[str]
 ) -> None:
-    """Multi-row INSERT ... ON CONFLICT (key) DO NOTHING, in chunks that fit the parameter limit.
+    """INSERT ... ON CONFLICT (key) DO NOTHING for many rows, as executemany.
 
-    A multi-row VALUES needs the same keys in every row, so rows are grouped by their key set
-    (a caller may give `label` for some rows only).
+    Executemany compiles one statement and lets the driver batch, so no statement exceeds the
+    bound-parameter limit (SQLite 32766, PostgreSQL 65535). All rows of one execution need the
+    same keys, so rows are grouped by their key set (a caller may give `label` for some only).
     """
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(tuple(sorted(r)), []).append(r)
-    for keys, group in groups.items():
-        step = max(1, _MAX_PARAMS // max(1, len(keys)))
-        for start in range(0, len(group), step):
-            stmt = _insert(session, model).values(group[start : start + step])
-            session.execute(stmt.on_conflict_do_nothing(index_elements=key))
+    for group in groups.values():
+        stmt = _insert(session, model).on_conflict_do_nothing(index_elements=key)
+        session.execute(stmt, group)
 
 
 def add_snippets(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:

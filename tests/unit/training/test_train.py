@@ -84,7 +84,7 @@ def test_checkpoints_load_weights_only_with_full_state(finished: tuple) -> None:
 
 
 def test_saved_ensemble_round_trip_gives_same_predictions(finished: tuple) -> None:
-    work, result, _ = finished
+    _, result, _ = finished
     ens = load_ensemble(result.ensemble_dir, "cpu")
     assert ens.meta["frontend"] == "fe-x" and ens.classes == CLASSES
     assert ens.meta["metrics"]["ensemble_val_acc"] == result.ensemble_val_acc
