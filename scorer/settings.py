@@ -70,6 +70,40 @@ class Settings(BaseSettings):
         description="A file's last partial 3 s window is scored only if at least this long.",
     )
 
+    batch_flush_ms: int = Field(
+        default=200,
+        ge=1,
+        description="GPU worker: run a partial batch after this many milliseconds (T).",
+    )
+    queue_bound: int = Field(
+        default=500,
+        ge=1,
+        description="Enqueue waits while the preprocess queue holds more messages than this.",
+    )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Deliveries of one stage before its snippet is failed (a poison message).",
+    )
+    task_time_limit_s: int = Field(
+        default=900, ge=1, description="Hard time limit of one task (a worker child is killed)."
+    )
+    visibility_timeout_s: int = Field(
+        default=3600,
+        ge=1,
+        description="Redis redelivers an unacknowledged message after this; > the longest task.",
+    )
+    job_stale_after_s: int = Field(
+        default=120,
+        ge=1,
+        description="A running training job silent this long is taken to be dead and re-claimed.",
+    )
+    reconcile_after_s: int = Field(
+        default=900,
+        ge=1,
+        description="`scorer reconcile` re-publishes what has waited longer than this.",
+    )
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -6,8 +6,11 @@ not generalisation. Groups name the singer(s) of each snippet; a duet is written
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -151,3 +154,16 @@ class FeatureDataset(Dataset[tuple[Tensor, int]]):
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         j = int(self.indices[i])
         return torch.from_numpy(self.x[j].astype(np.float32))[None], int(self.y[j])
+
+
+def data_fingerprint(
+    x: np.ndarray, y: np.ndarray, groups: Sequence[str | None] | None, classes: Sequence[str]
+) -> dict[str, Any]:
+    """Cheap identity of a training set (labels, groups, classes, a strided sample of feature
+    rows), stored with a run so a resume on other data is refused. Row order matters."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(y).tobytes())
+    h.update(json.dumps(None if groups is None else [str(g) for g in groups]).encode())
+    rows = x[:: max(1, len(x) // 64)]
+    h.update(np.ascontiguousarray(rows, dtype=np.float16).tobytes())
+    return {"n_samples": len(y), "classes": list(classes), "sha256": h.hexdigest()}

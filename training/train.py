@@ -15,7 +15,6 @@ resumed run needs no saved RNG state and ends with the same weights as an uninte
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -34,7 +33,7 @@ from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, LRScheduler
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from training.data import FeatureDataset, class_weights, group_split
+from training.data import FeatureDataset, class_weights, data_fingerprint, group_split
 from training.ensemble import Ensemble, save_members
 from training.metrics import accuracy, confusion_matrix, macro_f1
 from training.model import ARCHS, N_FRAMES, N_MELS, NORMALIZE_MODES, build_member, prepare_input
@@ -262,7 +261,7 @@ def run(
     if len(train_idx) == 0:
         raise ValueError("no training samples left after the group split")
     work_dir.mkdir(parents=True, exist_ok=True)
-    _check_or_write_params(work_dir, params, _fingerprint(x, y, groups, classes))
+    _check_or_write_params(work_dir, params, data_fingerprint(x, y, groups, classes))
 
     weights = class_weights(y[train_idx], n_classes)
     criterion = nn.CrossEntropyLoss(weight=torch.from_numpy(weights).to(device))
@@ -492,18 +491,6 @@ def _atomic_save(obj: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
-
-
-def _fingerprint(
-    x: np.ndarray, y: np.ndarray, groups: Sequence[str | None] | None, classes: Sequence[str]
-) -> dict[str, Any]:
-    """Cheap identity of the training data: labels, groups, classes and a sample of features."""
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(y).tobytes())
-    h.update(json.dumps(None if groups is None else [str(g) for g in groups]).encode())
-    rows = x[:: max(1, len(x) // 64)]
-    h.update(np.ascontiguousarray(rows, dtype=np.float16).tobytes())
-    return {"n_samples": len(y), "classes": list(classes), "sha256": h.hexdigest()}
 
 
 def _check_or_write_params(work_dir: Path, params: TrainParams, data: dict[str, Any]) -> None:

@@ -46,7 +46,7 @@ def unreadable_sha(path: Path) -> str:
     return hashlib.sha256(b"unreadable:" + str(path).encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def _read(path: Path) -> tuple[str, bytes | None, str | None]:
+def read_file(path: Path) -> tuple[str, bytes | None, str | None]:
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -88,7 +88,7 @@ def run(
     step = settings.preprocess_batch
     for start in range(0, len(paths), step):
         chunk = paths[start : start + step]
-        read = [(p, *_read(p)) for p in chunk]
+        read = [(p, *read_file(p)) for p in chunk]
         rows = []
         for path, sha, data, _ in read:
             lab = labels.get(path.resolve())
@@ -108,7 +108,7 @@ def run(
                 if error:
                     queries.mark_failed(s, sha, error)
         with sessions() as s:
-            state = _state(s, [sha for _, sha, _, _ in read], rt.frontend.version, model)
+            state = snippet_state(s, [sha for _, sha, _, _ in read], rt.frontend.version, model)
         todo: dict[str, Item] = {}
         where: dict[str, str] = {}
         for path, sha, data, error in read:
@@ -144,7 +144,7 @@ def run(
     return summary
 
 
-def _state(
+def snippet_state(
     s: Session, shas: list[str], frontend_version: str, model: ModelVersion | None
 ) -> dict[str, tuple[SnippetStatus, bool, bool, str | None]]:
     """{sha: (status, has features of this front end, scored by `model`, error)}."""
@@ -170,3 +170,19 @@ def accuracy_against_labels(
             .where(Prediction.model_version_id == model_version_id)
         ).all()
     return sum(a == b for a, b in rows), len(rows)
+
+
+def failures_of(engine: Engine, shas: dict[str, str]) -> list[tuple[str, str]]:
+    """(path, reason) of the failed ones among `shas` (sha -> path)."""
+    out: list[tuple[str, str]] = []
+    keys = list(shas)
+    with make_sessionmaker(engine)() as s:
+        for start in range(0, len(keys), 500):
+            rows = s.execute(
+                select(Snippet.sha256, Snippet.error).where(
+                    Snippet.sha256.in_(keys[start : start + 500]),
+                    Snippet.status == SnippetStatus.failed,
+                )
+            )
+            out.extend((shas[sha], err or "failed") for sha, err in rows)
+    return out

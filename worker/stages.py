@@ -90,6 +90,7 @@ def save_preprocessed(session: Session, frontend_version: str, results: list[Pre
             session,
             [r.sha256],
             SnippetStatus.preprocessed,
+            attempts=0,
             n_windows=int(r.windows.shape[0]),
             **(r.audio_info or {}),
         )
@@ -177,5 +178,5 @@ def score(session: Session, rt: Runtime, model: ModelVersion, shas: list[str]) -
         )
         offset += w
     queries.upsert_predictions(session, rows)
-    queries.set_status(session, order, SnippetStatus.scored)
+    queries.set_status(session, order, SnippetStatus.scored, attempts=0)
     return labels

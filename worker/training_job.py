@@ -177,6 +177,10 @@ def run_job(
         if job is None:
             raise ScorerError(f"no training job {job_id}")
         params = dict(job.params)
+        if job.attempts > rt.settings.max_attempts:
+            reason = f"gave up after {job.attempts - 1} attempts: its worker died each time"
+            _fail(engine, job_id, reason)
+            raise ScorerError(f"training job {job_id} failed: {reason}")
         x, y, groups, classes = training_data(s, rt.frontend.version, params.get("shas"))
     train_params = TrainParams.from_dict(params["train"])
     name = params.get("name") or f"v{job_id}"

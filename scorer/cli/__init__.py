@@ -58,9 +58,20 @@ def main(ctx: click.Context, verbose: int) -> None:
 
 
 def _register() -> None:
-    from scorer.cli import db, demo, enqueue, models, results, status, train
+    from scorer.cli import (
+        db,
+        demo,
+        enqueue,
+        jobs,
+        models,
+        reconcile,
+        results,
+        status,
+        train,
+        worker,
+    )
 
-    for module in (db, demo, enqueue, models, results, status, train):
+    for module in (db, demo, enqueue, jobs, models, reconcile, results, status, train, worker):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -25,6 +25,11 @@ def print_failures(failures: list[tuple[str, str]]) -> None:
 )
 @click.option("--retry-failed", is_flag=True, help="Try again content that failed before.")
 @click.option("--no-score", is_flag=True, help="Only preprocess (features); do not run the model.")
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="With workers (SCORER_BROKER_URL): return once published, do not wait for the results.",
+)
 @click.pass_context
 def enqueue(
     ctx: click.Context,
@@ -32,8 +37,13 @@ def enqueue(
     labels_csv: Path | None,
     retry_failed: bool,
     no_score: bool,
+    no_wait: bool,
 ) -> None:
     """Score every audio file under PATHS (mp3, wav, flac, ogg; folders are walked recursively).
+
+    Embedded (no SCORER_BROKER_URL): runs in this process. With a broker: publishes to the
+    workers, slowing down while the first queue is full, and shows progress until every file is
+    scored or failed (Ctrl-C stops watching; the workers go on).
 
     Content is identified by its sha256: the same bytes enqueued again do no new work. Files longer
     than 3 s are scored per 3 s window, plus a per-file verdict. Each file that cannot be scored
@@ -47,11 +57,6 @@ def enqueue(
     from worker.runtime import configure_threads
 
     settings = settings_of(ctx)
-    if not settings.embedded:
-        raise click.ClickException(
-            "SCORER_BROKER_URL is set, but publishing to workers is not built yet; "
-            "unset it to score in-process"
-        )
     labels = read_manifest(labels_csv) if labels_csv else None
     files = list(iter_audio_files(list(paths)))
     if not files:
@@ -72,9 +77,10 @@ def enqueue(
     print_failures(summary.failures)
     if summary.model_name is None and not no_score:
         stderr("no active model: features are stored; run `scorer train`, then enqueue again")
+    verb = "preprocessed" if settings.embedded else "published"
     stderr(
         f"{summary.files} files, {len(summary.shas)} distinct, {summary.new} new, "
-        f"{summary.preprocessed} preprocessed, {summary.scored} scored"
+        f"{summary.preprocessed} {verb}, {summary.scored} scored"
         + (f" with model {summary.model_name}" if summary.model_name else "")
         + f", {len(summary.failures)} failed"
     )
@@ -90,6 +96,46 @@ def enqueue(
             click.echo(f"accuracy: {correct / total:.4f} ({correct}/{total} labelled files)")
     if summary.failures:
         ctx.exit(EXIT_ITEMS_FAILED)
+
+
+def publish_and_wait(
+    settings, engine, files, labels, *, no_score: bool, retry_failed: bool, wait: bool
+):  # type: ignore[no-untyped-def]
+    """Distributed mode: publish, then watch the database until every file is final."""
+    from tqdm import tqdm
+
+    from scorer.db import queries
+    from scorer.db.engine import make_sessionmaker
+    from worker.celery_app import make_celery
+    from worker.publish import pending_count, publish, wait_until_final
+
+    app = make_celery(settings)
+    with tqdm(
+        total=len(files), unit="file", desc="publishing", file=sys.stderr, disable=None
+    ) as bar:
+        summary = publish(
+            settings, engine, app, files, labels, score_with_model=not no_score,
+            retry_failed=retry_failed, progress=bar.update,
+        )  # fmt: skip
+    with make_sessionmaker(engine)() as s:
+        model = None if no_score else queries.active_model(s)
+    model_id = model.id if model else None
+    shas = list(summary.shas)
+    if wait:
+        left = pending_count(engine, shas, model_id)
+        with tqdm(
+            total=len(shas), initial=len(shas) - left, unit="file", desc="scored",
+            file=sys.stderr, disable=None,
+        ) as bar:  # fmt: skip
+            try:
+                wait_until_final(engine, shas, model_id, progress=bar.update)
+            except KeyboardInterrupt:
+                stderr("stopped watching; the workers go on (see `scorer status`)")
+    from worker.embedded import failures_of
+
+    summary.failures = failures_of(engine, summary.shas)
+    summary.scored = len(shas) - len(summary.failures) - pending_count(engine, shas, model_id)
+    return summary
 
 
 COMMANDS = [enqueue]

@@ -18,7 +18,8 @@ def status_cmd(ctx: click.Context, as_json: bool, n_failures: int) -> None:
     from scorer.db import queries
     from scorer.db.engine import make_sessionmaker
 
-    engine = ready_engine(settings_of(ctx))
+    settings = settings_of(ctx)
+    engine = ready_engine(settings)
     with make_sessionmaker(engine)() as s:
         counts = queries.status_counts(s)
         model = queries.active_model(s)
@@ -29,6 +30,13 @@ def status_cmd(ctx: click.Context, as_json: bool, n_failures: int) -> None:
         "active_model": model.name if model else None,
         "failures": [{"path": p, "reason": r} for p, r in fails],
     }
+    if not settings.embedded:
+        from worker.celery_app import make_celery, queue_depths
+
+        app = make_celery(settings)
+        info["queues"] = queue_depths(app)
+        replies = app.control.inspect(timeout=1.0).ping() or {}
+        info["workers"] = sorted(replies)
     if as_json:
         click.echo(json.dumps(info, indent=1))
         return
@@ -36,6 +44,9 @@ def status_cmd(ctx: click.Context, as_json: bool, n_failures: int) -> None:
         "  ".join(f"{k}: {v}" for k, v in info["counts"].items()) + f"  total: {info['total']}"
     )
     click.echo(f"active model: {info['active_model'] or 'none'}")
+    if "queues" in info:
+        click.echo("queues: " + "  ".join(f"{q}: {n}" for q, n in info["queues"].items()))
+        click.echo(f"workers: {', '.join(info['workers']) or 'none answered'}")
     for f in info["failures"]:
         click.echo(f"failed: {f['path']}: {f['reason']}")
 

@@ -51,6 +51,11 @@ from scorer.errors import ScorerError
 @click.option("--no-activate", is_flag=True, help="Register the model without activating it.")
 @click.option("--keep-checkpoints", is_flag=True, help="Keep per-epoch checkpoints after success.")
 @click.option("--json", "as_json", is_flag=True, help="Print the model version as JSON.")
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="With workers (SCORER_BROKER_URL): queue the job and return; `scorer jobs` follows it.",
+)
 @click.pass_context
 def train(
     ctx: click.Context,
@@ -69,12 +74,14 @@ def train(
     no_activate: bool,
     keep_checkpoints: bool,
     as_json: bool,
+    no_wait: bool,
 ) -> None:
     """Train an ensemble of MEMBERS ResNets on labelled snippets (the reference recipe).
 
     Each member-epoch is checkpointed: if the run is killed, the same command resumes it where
     it stopped. The result is a model version with per-member and ensemble validation accuracy,
-    activated for scoring unless --no-activate.
+    activated for scoring unless --no-activate. With SCORER_BROKER_URL the job is queued in the
+    database for `scorer worker train`, and this command follows it until it ends.
     """
     from tqdm import tqdm
 
@@ -87,8 +94,6 @@ def train(
     from worker.training_job import claim, create_job, find_resumable, run_job, worker_name
 
     settings = settings_of(ctx)
-    if not settings.embedded:
-        raise ScorerError("SCORER_BROKER_URL is set, but training through workers is not built yet")
     tp = TrainParams(
         members=members, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         mixup_alpha=mixup_alpha, seed=seed, arch=arch, normalize=normalize,
@@ -129,11 +134,17 @@ def train(
         else:
             job = create_job(s, params)
         job_id = job.id
-    with sessions.begin() as s:
-        claimed = claim(s, worker_name(), job_id=job_id, stale_after_s=0)
-    if claimed is None:
-        raise ScorerError(f"training job {job_id} is being run elsewhere")
-    mv = run_job(engine, Runtime(settings), job_id)
+    if settings.embedded:
+        with sessions.begin() as s:
+            claimed = claim(s, worker_name(), job_id=job_id, stale_after_s=0)
+        if claimed is None:
+            raise ScorerError(f"training job {job_id} is being run elsewhere")
+        mv = run_job(engine, Runtime(settings), job_id)
+    else:
+        stderr(f"training job {job_id} queued for `scorer worker train`")
+        if no_wait:
+            return
+        mv = follow_job(engine, job_id)
     m = mv.metrics
     if as_json:
         click.echo(json.dumps({"name": mv.name, "id": mv.id, "active": mv.active, **m}, indent=1))
@@ -146,6 +157,36 @@ def train(
     )
     click.echo(f"validation accuracy: ensemble {'-' if acc is None else f'{acc:.4f}'}")
     click.echo(f"validation accuracy per member: {members_acc}")
+
+
+def follow_job(engine, job_id: int):  # type: ignore[no-untyped-def]
+    """Show a queued job's progress until it ends; returns its model version."""
+    import time
+
+    from tqdm import tqdm
+
+    from scorer.db.engine import make_sessionmaker
+    from scorer.db.models import JobStatus, ModelVersion, TrainingJob
+
+    sessions = make_sessionmaker(engine)
+    with tqdm(total=1.0, desc=f"job {job_id}", file=sys.stderr, disable=None) as bar:
+        while True:
+            with sessions() as s:
+                job = s.get(TrainingJob, job_id)
+                assert job is not None
+                bar.n = job.progress
+                bar.set_postfix_str(job.message or job.status.value, refresh=True)
+                if job.status == JobStatus.succeeded:
+                    from sqlalchemy import select
+
+                    return s.scalars(
+                        select(ModelVersion).where(ModelVersion.training_job_id == job_id)
+                    ).one()
+                if job.status in (JobStatus.failed, JobStatus.cancelled):
+                    raise ScorerError(
+                        f"training job {job_id} {job.status.value}: {job.error or job.message}"
+                    )
+            time.sleep(2.0)
 
 
 COMMANDS = [train]

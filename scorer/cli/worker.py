@@ -1,0 +1,112 @@
+"""`scorer worker cpu|gpu|train`: the processes of distributed mode."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import click
+
+from scorer.cli.common import ready_engine, settings_of, stderr
+
+
+def _celery(ctx: click.Context):  # type: ignore[no-untyped-def]
+    from worker.celery_app import make_celery
+
+    settings = settings_of(ctx)
+    ready_engine(settings)  # fail early, with a clear line, if the database is away or old
+    app = make_celery(settings)
+    import worker.tasks  # noqa: F401  (registers the tasks with this app)
+
+    return settings, app
+
+
+@click.group("worker")
+def worker_group() -> None:
+    """Start a worker process (needs SCORER_BROKER_URL and SCORER_DATABASE_URL)."""
+
+
+@worker_group.command("cpu")
+@click.option(
+    "-c", "--concurrency", type=click.IntRange(min=1), help="Processes (default: one per core)."
+)
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.pass_context
+def worker_cpu(ctx: click.Context, concurrency: int | None, loglevel: str) -> None:
+    """Preprocessing: decode -> Spleeter -> log-mel, one prefork child per core.
+
+    Each child loads Spleeter once, after the fork, with one torch thread (two threads per child
+    on a busy machine made OpenMP spin and run 6x slower; docs/SEPARATION.md).
+    """
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    settings, app = _celery(ctx)
+    if not settings.torch_threads:
+        app.conf.scorer_settings = settings.model_copy(update={"torch_threads": 1})
+    n = concurrency or os.cpu_count() or 1
+    app.worker_main(
+        ["worker", "-Q", "preprocess", "-P", "prefork", "-c", str(n), "-n", "cpu@%h",
+         "--prefetch-multiplier", "1", "-O", "fair", f"--loglevel={loglevel}"]
+    )  # fmt: skip
+
+
+@worker_group.command("gpu")
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.pass_context
+def worker_gpu(ctx: click.Context, loglevel: str) -> None:
+    """Inference: batches of up to SCORER_INFER_BATCH snippets (or what arrived within
+    SCORER_BATCH_FLUSH_MS), one ensemble forward each. Solo pool: CUDA never in a forked child.
+    Uses the GPU when there is one, else the CPU."""
+    settings, app = _celery(ctx)
+    task = app.tasks["scorer.infer"]
+    task.flush_every = settings.infer_batch
+    task.flush_interval = settings.batch_flush_ms / 1000
+    from worker.runtime import configure_threads
+
+    configure_threads(settings)
+    # Prefetch must exceed the batch size, or a batch could never fill. Prefetched messages are
+    # unacknowledged (acks_late): if this worker dies they are delivered again.
+    app.worker_main(
+        ["worker", "-Q", "infer", "-P", "solo", "-n", "gpu@%h",
+         "--prefetch-multiplier", str(2 * settings.infer_batch), f"--loglevel={loglevel}"]
+    )  # fmt: skip
+
+
+@worker_group.command("train")
+@click.option("--poll", default=5.0, show_default=True, help="Seconds between looks for jobs.")
+@click.option("--once", is_flag=True, help="Run at most one job, then exit.")
+@click.pass_context
+def worker_train(ctx: click.Context, poll: float, once: bool) -> None:
+    """Run training jobs: claim a pending job (or one whose worker died: its heartbeat is older
+    than SCORER_JOB_STALE_AFTER_S), resume it from its checkpoints, register the model."""
+    from scorer.db.engine import make_sessionmaker
+    from scorer.errors import ScorerError
+    from worker.runtime import Runtime, configure_threads
+    from worker.training_job import claim, run_job, worker_name
+
+    settings = settings_of(ctx)
+    engine = ready_engine(settings)
+    configure_threads(settings)
+    sessions = make_sessionmaker(engine)
+    me = worker_name()
+    stderr(f"training worker {me} waiting for jobs")
+    while True:
+        with sessions.begin() as s:
+            job = claim(s, me, stale_after_s=settings.job_stale_after_s)
+            job_id = job.id if job else None
+        if job_id is None:
+            if once:
+                return
+            time.sleep(poll)
+            continue
+        stderr(f"running training job {job_id}")
+        try:
+            mv = run_job(engine, Runtime(settings), job_id, show_progress=False)
+            stderr(f"training job {job_id} done: model version {mv.name}")
+        except ScorerError as exc:
+            stderr(f"training job {job_id}: {exc}")
+        if once:
+            return
+
+
+COMMANDS = [worker_group]

@@ -1,0 +1,66 @@
+"""The Celery app: configuration only. Tasks live in worker/tasks.py.
+
+Choices (docs/ARCHITECTURE.md says why): msgpack messages (binary audio, never pickle);
+acks_late + reject_on_worker_lost + prefetch 1 so a killed worker's message is delivered again;
+a Redis visibility timeout longer than any task; named queues with routes; no result backend
+(the database holds every result).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from scorer.settings import Settings
+
+PREPROCESS_QUEUE = "preprocess"
+INFER_QUEUE = "infer"
+QUEUES = (PREPROCESS_QUEUE, INFER_QUEUE)
+
+PREPROCESS_TASK = "scorer.preprocess"
+INFER_TASK = "scorer.infer"
+
+
+def make_celery(settings: Settings) -> Celery:
+    if not settings.broker_url:
+        from scorer.errors import ScorerError
+
+        raise ScorerError("SCORER_BROKER_URL is not set: workers need a broker (redis://...)")
+    app = Celery("scorer", broker=settings.broker_url, set_as_current=True)
+    app.conf.update(
+        task_serializer="msgpack",
+        accept_content=["msgpack", "json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.task_time_limit_s,
+        task_soft_time_limit=max(1, settings.task_time_limit_s - 30),
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "max_retries": 3,
+        },
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        task_queues=[Queue(q, routing_key=q) for q in QUEUES],
+        task_default_queue=PREPROCESS_QUEUE,
+        task_routes={
+            PREPROCESS_TASK: {"queue": PREPROCESS_QUEUE, "routing_key": PREPROCESS_QUEUE},
+            INFER_TASK: {"queue": INFER_QUEUE, "routing_key": INFER_QUEUE},
+        },
+        worker_hijack_root_logger=False,
+        worker_max_memory_per_child=None,
+        worker_send_task_events=True,
+        task_send_sent_event=False,
+    )
+    app.conf.scorer_settings = settings
+    return app
+
+
+def queue_depths(app: Celery) -> dict[str, int]:
+    """Messages waiting per queue (Redis list lengths; unacknowledged ones are not counted)."""
+    with app.connection_for_write() as conn:
+        client = conn.default_channel.client
+        return {q: int(client.llen(q)) for q in QUEUES}

@@ -1,0 +1,208 @@
+"""Distributed mode's producer side: store each distinct content once, publish what needs work,
+wait (with backpressure) and watch the database until everything is final.
+
+The database decides what to publish, so publishing the same folder twice sends nothing new for
+content that is already scored, and `reconcile` can re-publish anything a lost message stranded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+
+from celery import Celery
+from sqlalchemy import Engine, func, select
+
+from pipeline.frontend import FrontendConfig
+from scorer.db import queries
+from scorer.db.engine import make_sessionmaker
+from scorer.db.models import FILE_WINDOW, Prediction, Snippet, SnippetStatus, utcnow
+from scorer.manifest import Labelled
+from scorer.settings import Settings
+from worker.celery_app import INFER_TASK, PREPROCESS_QUEUE, PREPROCESS_TASK, queue_depths
+from worker.embedded import RunSummary, read_file, snippet_state
+from worker.runtime import frontend_from_settings
+
+log = logging.getLogger(__name__)
+
+
+def wait_for_room(app: Celery, bound: int, poll_s: float = 0.5) -> None:
+    """Backpressure: block while the preprocess queue is longer than `bound`."""
+    while queue_depths(app)[PREPROCESS_QUEUE] > bound:
+        time.sleep(poll_s)
+
+
+def publish(
+    settings: Settings,
+    engine: Engine,
+    app: Celery,
+    paths: Sequence[Path],
+    labels: dict[Path, Labelled] | None = None,
+    *,
+    score_with_model: bool = True,
+    retry_failed: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> RunSummary:
+    """Rows first (committed), then messages: a worker always finds the row it is sent."""
+    labels = labels or {}
+    sessions = make_sessionmaker(engine)
+    summary = RunSummary(files=len(paths))
+    with sessions() as s:
+        model = queries.active_model(s) if score_with_model else None
+    frontend = (
+        FrontendConfig.from_dict(model.frontend) if model else frontend_from_settings(settings)
+    )
+    summary.model_name = model.name if model else None
+    step = settings.preprocess_batch
+    for start in range(0, len(paths), step):
+        chunk = paths[start : start + step]
+        read = [(p, *read_file(p)) for p in chunk]
+        rows = []
+        for path, sha, data, _ in read:
+            lab = labels.get(path.resolve())
+            rows.append(
+                {
+                    "sha256": sha,
+                    "source_path": str(path),
+                    "size_bytes": len(data) if data is not None else 0,
+                    "label": lab.label if lab else None,
+                    "group": lab.group if lab else None,
+                }
+            )
+            summary.shas.setdefault(sha, str(path))
+        with sessions.begin() as s:
+            summary.new += len(queries.add_snippets(s, rows))
+            for _, sha, _, error in read:
+                if error:
+                    queries.mark_failed(s, sha, error)
+            if retry_failed:
+                retry = [sha for _, sha, _, error in read if not error]
+                s.execute(
+                    Snippet.__table__.update()
+                    .where(Snippet.sha256.in_(retry), Snippet.status == SnippetStatus.failed)
+                    .values(status=SnippetStatus.queued, error=None, attempts=0)
+                )
+        with sessions() as s:
+            state = snippet_state(s, [sha for _, sha, _, _ in read], frontend.version, model)
+        sent: set[str] = set()
+        for path, sha, data, error in read:
+            status, has_features, scored, reason = state[sha]
+            if error or status == SnippetStatus.failed:
+                summary.failures.append((str(path), error or reason or "failed"))
+                continue
+            if sha in sent or scored:
+                continue
+            sent.add(sha)
+            if has_features:
+                if model is not None:
+                    app.send_task(INFER_TASK, args=(sha,))
+            else:
+                wait_for_room(app, settings.queue_bound)
+                app.send_task(PREPROCESS_TASK, args=(sha, data, path.name))
+                summary.preprocessed += 1
+        if progress:
+            progress(len(chunk))
+    return summary
+
+
+def pending_count(engine: Engine, shas: Sequence[str], model_version_id: int | None) -> int:
+    """How many of `shas` are not final yet (final = failed, or scored by the model;
+    without a model: failed or preprocessed)."""
+    sessions = make_sessionmaker(engine)
+    pending = 0
+    with sessions() as s:
+        for start in range(0, len(shas), 500):
+            part = list(shas[start : start + 500])
+            failed = s.scalar(
+                select(func.count())
+                .select_from(Snippet)
+                .where(Snippet.sha256.in_(part), Snippet.status == SnippetStatus.failed)
+            )
+            if model_version_id is None:
+                done = s.scalar(
+                    select(func.count())
+                    .select_from(Snippet)
+                    .where(
+                        Snippet.sha256.in_(part),
+                        Snippet.status.in_([SnippetStatus.preprocessed, SnippetStatus.scored]),
+                    )
+                )
+            else:
+                done = s.scalar(
+                    select(func.count())
+                    .select_from(Prediction)
+                    .where(
+                        Prediction.sha256.in_(part),
+                        Prediction.model_version_id == model_version_id,
+                        Prediction.window_index == FILE_WINDOW,
+                    )
+                )
+            pending += len(part) - failed - done
+    return pending
+
+
+def wait_until_final(
+    engine: Engine,
+    shas: Sequence[str],
+    model_version_id: int | None,
+    progress: Callable[[int], None] | None = None,
+    poll_s: float = 1.0,
+    timeout_s: float | None = None,
+) -> int:
+    """Poll the database until every sha is final; returns how many are still pending."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    last = len(shas)
+    while True:
+        left = pending_count(engine, shas, model_version_id)
+        if progress and left < last:
+            progress(last - left)
+        last = left
+        if left == 0 or (deadline is not None and time.monotonic() > deadline):
+            return left
+        time.sleep(poll_s)
+
+
+def reconcile(settings: Settings, engine: Engine, app: Celery, older_than_s: float) -> dict:
+    """Re-publish what has waited too long in a non-final state, so a lost message is found
+    again from the database: queued -> preprocess (bytes read again from the source path),
+    preprocessed -> infer. A source file that is gone or changed fails its row."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    sessions = make_sessionmaker(engine)
+    counts = {"preprocess": 0, "infer": 0, "failed": 0}
+    with sessions() as s:
+        model = queries.active_model(s)
+        stale = s.execute(
+            select(Snippet.sha256, Snippet.status, Snippet.source_path)
+            .where(Snippet.status.in_([SnippetStatus.queued, SnippetStatus.preprocessed]))
+            .where(Snippet.updated_at < cutoff)
+            .order_by(Snippet.id)
+        ).all()
+    for sha, status, source in stale:
+        if status == SnippetStatus.preprocessed:
+            if model is not None:
+                app.send_task(INFER_TASK, args=(sha,))
+                counts["infer"] += 1
+        else:
+            try:
+                data = Path(source).read_bytes()
+            except OSError as exc:
+                data, reason = None, f"source file unreadable for re-publishing: {exc.strerror}"
+            else:
+                reason = "source file changed since it was enqueued; enqueue it again"
+            if data is None or hashlib.sha256(data).hexdigest() != sha:
+                with sessions.begin() as s:
+                    queries.mark_failed(s, sha, reason)
+                counts["failed"] += 1
+                continue
+            wait_for_room(app, settings.queue_bound)
+            app.send_task(PREPROCESS_TASK, args=(sha, data, Path(source).name))
+            counts["preprocess"] += 1
+        with sessions.begin() as s:
+            s.execute(
+                Snippet.__table__.update().where(Snippet.sha256 == sha).values(updated_at=utcnow())
+            )
+    return counts
