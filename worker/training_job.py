@@ -102,7 +102,12 @@ def training_data(
     Every window of a labelled file is a sample with the file's label; a file without a group is
     its own group, so its windows never straddle the validation split.
     """
-    stmt = select(Snippet.sha256, Snippet.label, Snippet.group).where(Snippet.label.is_not(None))
+    # Ordered: the training data's fingerprint (checked on resume) depends on the order.
+    stmt = (
+        select(Snippet.sha256, Snippet.label, Snippet.group)
+        .where(Snippet.label.is_not(None))
+        .order_by(Snippet.sha256)
+    )
     rows = session.execute(stmt).all()
     if shas is not None:
         wanted = set(shas)
@@ -209,7 +214,7 @@ def run_job(
     if target.exists():
         shutil.rmtree(target)
     Path(result.ensemble_dir).replace(target)
-    metrics = result.metrics()
+    metrics = {**result.metrics(), "history": result.history}
     with sessions.begin() as s:
         mv = ModelVersion(
             name=name,

@@ -1,0 +1,302 @@
+"""Distributed mode under faults, with real processes: a private redis-server (append-only), a
+private PostgreSQL database, real `scorer worker cpu|gpu|train` processes, real Spleeter.
+
+While 200+ snippets flow, the CPU worker and the GPU worker are killed with SIGKILL, Redis is
+killed and restarted, the workers are restarted, and `scorer reconcile` runs as an operator's cron
+would. At the end, SQL must show every snippet scored with exactly one prediction per window and
+model version: none missing, none doubled. A training job killed with SIGKILL mid-epoch is
+claimed again by another worker, resumes from its checkpoints and ends with all its epochs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+from sqlalchemy import func, select, text
+
+from pipeline.synth import generate_dataset
+from scorer.cli import main
+from scorer.db.engine import make_engine, make_sessionmaker
+from scorer.db.migrate import upgrade
+from scorer.db.models import JobStatus, ModelVersion, Snippet, SnippetStatus, TrainingJob
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+SCORER = [sys.executable, "-m", "scorer"]
+N_SNIPPETS = 200
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Redis:
+    """A private redis-server with append-only persistence, which the test can kill and restart."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.dir = workdir
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed (apt-get install redis-server)")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--appendonly", "yes",
+             "--appendfsync", "always", "--dir", str(self.dir), "--save", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as c:
+                    c.sendall(b"PING\r\n")
+                    if c.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.1)
+        pytest.fail(f"private redis-server on port {self.port} did not start")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+
+class Workers:
+    """Real worker processes, each in its own process group so SIGKILL takes its children too."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env = env
+        self.logs = logs
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.starts = 0
+
+    def start(self, kind: str, *args: str) -> None:
+        self.starts += 1
+        log = (self.logs / f"{kind}-{self.starts}.log").open("w")
+        self.procs[kind] = subprocess.Popen(
+            [*SCORER, "worker", kind, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def kill(self, kind: str) -> None:
+        proc = self.procs.pop(kind)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def stop_all(self) -> None:
+        for kind in list(self.procs):
+            self.kill(kind)
+
+    def tail(self) -> str:
+        out = []
+        for path in sorted(self.logs.glob("*.log")):
+            lines = path.read_text(errors="replace").splitlines()[-15:]
+            out.append(f"--- {path.name}\n" + "\n".join(lines))
+        return "\n".join(out)
+
+
+@pytest.fixture
+def cluster(pg_server, make_settings, tmp_path: Path) -> Iterator[dict]:  # type: ignore[no-untyped-def]
+    redis = Redis(tmp_path)
+    redis.start()
+    url = pg_server.create("_e2e").render_as_string(hide_password=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCORER_")}
+    env.update(
+        SCORER_DATABASE_URL=url,
+        SCORER_BROKER_URL=redis.url,
+        SCORER_DATA_DIR=str(tmp_path / "data"),
+        SCORER_DEVICE="cpu",
+        SCORER_TORCH_THREADS="1",
+        SCORER_INFER_BATCH="16",
+        SCORER_BATCH_FLUSH_MS="300",
+        SCORER_VISIBILITY_TIMEOUT_S="20",  # a killed worker's messages come back quickly
+        SCORER_MAX_ATTEMPTS="6",
+        SCORER_JOB_STALE_AFTER_S="4",
+        PYTHONPATH=str(Path(__file__).resolve().parents[2]),
+    )
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    workers = Workers(env, logs)
+    distributed = make_settings(
+        data_dir=tmp_path / "data", database_url=url, broker_url=redis.url, visibility_timeout_s=20,
+        max_attempts=6, job_stale_after_s=4,
+    )  # fmt: skip
+    embedded = make_settings(data_dir=tmp_path / "data", database_url=url)
+    engine = make_engine(distributed)
+    upgrade(engine)
+    yield {
+        "redis": redis, "workers": workers, "env": env, "engine": engine, "tmp": tmp_path,
+        "distributed": distributed, "embedded": embedded,
+    }  # fmt: skip
+    workers.stop_all()
+    engine.dispose()
+    redis.kill()
+    pg_server.drop(pg_server.admin_url.set(database=engine.url.database))
+
+
+def counts(engine) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    with make_sessionmaker(engine)() as s:
+        rows = s.execute(select(Snippet.status, func.count()).group_by(Snippet.status)).all()
+    return {str(st.value): n for st, n in rows}
+
+
+def wait_for(predicate, timeout: float, what: str, workers: Workers, poll: float = 0.5) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll)
+    pytest.fail(f"timed out waiting for {what}\n{workers.tail()}")
+
+
+def make_library(root: Path) -> list[Path]:
+    """200 3 s snippets plus a few longer files (several windows each)."""
+    generate_dataset(root / "lib", n_per_class=N_SNIPPETS // 4, seed=7, test_fraction=0.0)
+    files = sorted((root / "lib").rglob("*.wav"))[:N_SNIPPETS]
+    longer = root / "lib" / "longer"
+    longer.mkdir()
+    for i in range(4):
+        parts = [sf.read(f, dtype="float32")[0] for f in files[i * 3 : i * 3 + 3]]
+        sf.write(longer / f"medley {i}.wav", np.concatenate(parts)[: 44_100 * (7 + i)], 44_100)
+    return sorted((root / "lib").rglob("*.wav"))
+
+
+def test_nothing_lost_nothing_doubled_under_faults(cluster: dict) -> None:
+    tmp, engine, workers = cluster["tmp"], cluster["engine"], cluster["workers"]
+    run = CliRunner().invoke
+    # a tiny model, trained in-process on its own small labelled set
+    generate_dataset(tmp / "train", n_per_class=3, seed=1, test_fraction=0.0)
+    args = ["train", "--data", str(tmp / "train" / "train"), "--members", "2", "--epochs", "1",
+            "--arch", "resnet10"]  # fmt: skip
+    result = run(main, args, obj=cluster["embedded"])
+    assert result.exit_code == 0, result.output
+    files = make_library(tmp)
+    assert len(files) >= N_SNIPPETS
+
+    workers.start("cpu", "-c", "1", "--loglevel", "WARNING")
+    workers.start("gpu", "--loglevel", "WARNING")
+    result = run(main, ["enqueue", "--no-wait", str(tmp / "lib")], obj=cluster["distributed"])
+    assert result.exit_code == 0, result.output
+
+    def preprocessed_at_least(n: int):  # type: ignore[no-untyped-def]
+        return lambda: sum(v for k, v in counts(engine).items() if k != "queued") >= n
+
+    # 1. SIGKILL the CPU worker while it separates; start another
+    wait_for(preprocessed_at_least(20), 300, "20 snippets preprocessed", workers)
+    workers.kill("cpu")
+    workers.start("cpu", "-c", "1", "--loglevel", "WARNING")
+    # 2. SIGKILL the GPU worker while it holds a batch of prefetched, unacknowledged messages
+    wait_for(lambda: counts(engine).get("scored", 0) >= 10, 300, "10 scored", workers)
+    workers.kill("gpu")
+    # 3. kill Redis and bring it back on the same port and append-only file
+    wait_for(preprocessed_at_least(60), 300, "60 snippets preprocessed", workers)
+    cluster["redis"].kill()
+    time.sleep(2)
+    cluster["redis"].start()
+    workers.start("gpu", "--loglevel", "WARNING")
+
+    # what an operator's cron does: re-publish whatever waited too long
+    total = len(files)
+    deadline = time.monotonic() + 1200
+    last_progress, last_done = time.monotonic(), -1
+    while time.monotonic() < deadline:
+        c = counts(engine)
+        done = c.get("scored", 0) + c.get("failed", 0)
+        if done >= total + 12:  # + the 12 labelled training snippets, scored via reconcile
+            break
+        if done != last_done:
+            last_progress, last_done = time.monotonic(), done
+        elif time.monotonic() - last_progress > 30:
+            r = run(main, ["reconcile", "--older-than", "25"], obj=cluster["distributed"])
+            assert r.exit_code == 0, r.output
+            last_progress = time.monotonic()
+        time.sleep(1)
+    else:
+        pytest.fail(f"not everything was scored: {counts(engine)}\n{workers.tail()}")
+
+    with make_sessionmaker(engine)() as s:
+        model_id = s.scalar(select(ModelVersion.id).where(ModelVersion.active.is_(True)))
+        statuses = dict(
+            s.execute(select(Snippet.status, func.count()).group_by(Snippet.status)).all()
+        )
+        assert statuses == {SnippetStatus.scored: total + 12}, statuses
+        doubled = s.execute(text(
+            "SELECT sha256, window_index, model_version_id, count(*) FROM predictions "
+            "GROUP BY 1, 2, 3 HAVING count(*) > 1"
+        )).all()  # fmt: skip
+        assert doubled == []
+        missing = s.execute(text(
+            "SELECT s.sha256, s.n_windows, count(p.id) FROM snippets s "
+            "LEFT JOIN predictions p ON p.sha256 = s.sha256 AND p.model_version_id = :m "
+            "GROUP BY s.sha256, s.n_windows HAVING count(p.id) != s.n_windows + 1"
+        ), {"m": model_id}).all()  # fmt: skip
+        assert missing == [], missing
+        windows = s.scalar(text("SELECT sum(n_windows) FROM snippets"))
+        assert windows > total  # the medleys have several windows each
+        n_pred = s.scalar(text("SELECT count(*) FROM predictions WHERE model_version_id = :m"),
+                          {"m": model_id})  # fmt: skip
+        assert n_pred == windows + total + 12
+
+
+def test_killed_training_job_resumes_with_all_its_epochs(cluster: dict) -> None:
+    tmp, engine, workers = cluster["tmp"], cluster["engine"], cluster["workers"]
+    generate_dataset(tmp / "train", n_per_class=6, seed=2, test_fraction=0.0)
+    members, epochs = 2, 4
+    workers.start("cpu", "-c", "1", "--loglevel", "WARNING")  # features of the training data
+    result = CliRunner().invoke(
+        main,
+        ["train", "--data", str(tmp / "train" / "train"), "--members", str(members),
+         "--epochs", str(epochs), "--arch", "resnet10", "--batch-size", "4", "--no-wait"],
+        obj=cluster["distributed"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert _job(engine).status == JobStatus.pending  # queued in SQL for a training worker
+
+    workers.start("train")
+    wait_for(lambda: _job(engine).progress > 0, 300, "a first member-epoch", workers)
+    workers.kill("train")  # SIGKILL in the middle of the next member-epoch
+    job = _job(engine)
+    assert job.status == JobStatus.running and job.progress < 1
+    killed_at = job.progress
+
+    workers.start("train")  # claims the job once its heartbeat is stale, resumes it
+    wait_for(lambda: _job(engine).status in (JobStatus.succeeded, JobStatus.failed), 600,
+             "the resumed job to end", workers)  # fmt: skip
+    job = _job(engine)
+    assert job.status == JobStatus.succeeded, job.error
+    assert job.attempts == 2 and job.progress == 1.0 and killed_at < 1
+    with make_sessionmaker(engine)() as s:
+        mv = s.scalars(select(ModelVersion).where(ModelVersion.training_job_id == job.id)).one()
+    history = mv.metrics["history"]
+    assert sorted((h["member"], h["epoch"]) for h in history) == [
+        (m, e) for m in range(members) for e in range(1, epochs + 1)
+    ]
+    assert mv.active and mv.members == members
+
+
+def _job(engine) -> TrainingJob:  # type: ignore[no-untyped-def]
+    with make_sessionmaker(engine)() as s:
+        job = s.scalars(select(TrainingJob).order_by(TrainingJob.id.desc())).first()
+        assert job is not None
+        return job
