@@ -9,7 +9,7 @@ a Redis visibility timeout longer than any task; named queues with routes; no re
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from scorer.settings import Settings
 
@@ -44,11 +44,11 @@ def make_celery(settings: Settings) -> Celery:
         },
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
-        task_queues=[Queue(q, routing_key=q) for q in QUEUES],
+        task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES],
         task_default_queue=PREPROCESS_QUEUE,
         task_routes={
-            PREPROCESS_TASK: {"queue": PREPROCESS_QUEUE, "routing_key": PREPROCESS_QUEUE},
-            INFER_TASK: {"queue": INFER_QUEUE, "routing_key": INFER_QUEUE},
+            PREPROCESS_TASK: {"queue": PREPROCESS_QUEUE},
+            INFER_TASK: {"queue": INFER_QUEUE},
         },
         worker_hijack_root_logger=False,
         worker_max_memory_per_child=None,

@@ -62,6 +62,7 @@ def _register() -> None:
         db,
         demo,
         enqueue,
+        evaluate,
         jobs,
         models,
         reconcile,
@@ -71,7 +72,9 @@ def _register() -> None:
         worker,
     )
 
-    for module in (db, demo, enqueue, jobs, models, reconcile, results, status, train, worker):
+    for module in (
+        db, demo, enqueue, evaluate, jobs, models, reconcile, results, status, train, worker,
+    ):  # fmt: skip
         for command in module.COMMANDS:
             main.add_command(command)
 

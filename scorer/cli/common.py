@@ -21,6 +21,9 @@ def ready_engine(settings: Settings, *, upgrade: bool | None = None) -> Engine:
     itself (nothing to set up on one machine); a server database must be migrated explicitly
     with `scorer db upgrade`, so that schema changes stay a deliberate step in production."""
     engine = make_engine(settings)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:  # close pooled connections when the command ends (CliRunner, tests)
+        ctx.call_on_close(engine.dispose)
     if upgrade is None:
         upgrade = engine.dialect.name == "sqlite"
     try:

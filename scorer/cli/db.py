@@ -21,6 +21,7 @@ def db_upgrade(ctx: click.Context, revision: str) -> None:
     """Apply the migrations up to REVISION (creates the database on first use)."""
     settings = settings_of(ctx)
     engine = make_engine(settings)
+    ctx.call_on_close(engine.dispose)
     upgrade(engine, revision)
     click.echo(
         f"database {engine.url.render_as_string(hide_password=True)} at revision "
@@ -33,6 +34,7 @@ def db_upgrade(ctx: click.Context, revision: str) -> None:
 def db_current(ctx: click.Context) -> None:
     """Print the database's revision and the newest one this code knows."""
     engine = make_engine(settings_of(ctx))
+    ctx.call_on_close(engine.dispose)
     click.echo(f"current: {current_revision(engine) or 'none'}  head: {head_revision()}")
 
 

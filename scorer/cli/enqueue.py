@@ -63,17 +63,25 @@ def enqueue(
         stderr("no audio files found (looked for .mp3 .wav .flac .ogg)")
         return
     engine = ready_engine(settings)
-    configure_threads(settings)
-    with tqdm(total=len(files), unit="file", desc="scoring", file=sys.stderr, disable=None) as bar:
-        summary = run(
-            settings,
-            engine,
-            files,
-            labels,
-            score_with_model=not no_score,
-            retry_failed=retry_failed,
-            progress=bar.update,
-        )
+    if settings.embedded:
+        configure_threads(settings)
+        with tqdm(
+            total=len(files), unit="file", desc="scoring", file=sys.stderr, disable=None
+        ) as bar:
+            summary = run(
+                settings,
+                engine,
+                files,
+                labels,
+                score_with_model=not no_score,
+                retry_failed=retry_failed,
+                progress=bar.update,
+            )
+    else:
+        summary = publish_and_wait(
+            settings, engine, files, labels, no_score=no_score, retry_failed=retry_failed,
+            wait=not no_wait,
+        )  # fmt: skip
     print_failures(summary.failures)
     if summary.model_name is None and not no_score:
         stderr("no active model: features are stored; run `scorer train`, then enqueue again")

@@ -109,11 +109,18 @@ def train(
     if data is not None:
         labels = labels_for_data(data)
         files = sorted(labels)
-        with tqdm(
-            total=len(files), unit="file", desc="features", file=sys.stderr, disable=None
-        ) as bar:
-            summary = embedded.run(
-                settings, engine, files, labels, score_with_model=False, progress=bar.update
+        if settings.embedded:
+            with tqdm(
+                total=len(files), unit="file", desc="features", file=sys.stderr, disable=None
+            ) as bar:
+                summary = embedded.run(
+                    settings, engine, files, labels, score_with_model=False, progress=bar.update
+                )
+        else:  # the CPU workers compute the features; wait for them
+            from scorer.cli.enqueue import publish_and_wait
+
+            summary = publish_and_wait(
+                settings, engine, files, labels, no_score=True, retry_failed=False, wait=True
             )
         print_failures(summary.failures)
         failed = {p for p, _ in summary.failures}

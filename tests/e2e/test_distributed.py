@@ -93,11 +93,11 @@ class Workers:
 
     def start(self, kind: str, *args: str) -> None:
         self.starts += 1
-        log = (self.logs / f"{kind}-{self.starts}.log").open("w")
-        self.procs[kind] = subprocess.Popen(
-            [*SCORER, "worker", kind, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+        with (self.logs / f"{kind}-{self.starts}.log").open("w") as log:  # the child keeps its fd
+            self.procs[kind] = subprocess.Popen(
+                [*SCORER, "worker", kind, *args], env=self.env, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
 
     def kill(self, kind: str) -> None:
         proc = self.procs.pop(kind)

@@ -1,0 +1,148 @@
+"""The naive path against scorer's embedded pipeline, on the same snippet files and model.
+
+Naive, as a first script would do it: per file, build a fresh Spleeter (weights read from disk),
+separate, featurise, run the members one after another at batch size 1, and write the result
+with one INSERT and one COMMIT per row. Scorer: worker.embedded.run (separator and ensemble
+loaded once, batches of 8 snippets / 64 windows, one transaction per batch). Target >= 10x.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sqlalchemy import Engine, select, text
+from sqlalchemy.orm import Session
+
+import pipeline.preprocess
+from bench import embedded_run, fixtures
+from bench.timing import Stopwatch, once, speedup
+from pipeline.decode import decode
+from pipeline.frontend import FrontendConfig
+from pipeline.preprocess import featurize
+from pipeline.spleeter import Separator
+from scorer.db.models import FILE_WINDOW, ModelVersion, Prediction
+from training.ensemble import load_ensemble
+from training.model import prepare_input
+
+_SNIPPET = text(
+    "INSERT INTO snippets (sha256, source_path, size_bytes, status, attempts, created_at,"
+    " updated_at) VALUES (:sha, :path, :size, 'scored', 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+    " ON CONFLICT (sha256) DO NOTHING"
+)
+_PREDICTION = text(
+    "INSERT INTO predictions (sha256, window_index, start_s, model_version_id, probabilities,"
+    " label, confidence, disagreement, entropy, created_at) VALUES (:sha, :w, :start, :mv,"
+    " :probs, :label, :conf, 0, 0, CURRENT_TIMESTAMP)"
+    " ON CONFLICT (sha256, window_index, model_version_id) DO NOTHING"
+)
+
+
+def _naive(
+    engine: Engine, paths: list[Path], model_dir: Path, mv_id: int, cfg: FrontendConfig
+) -> tuple[dict[str, np.ndarray], Stopwatch]:
+    """{sha: file probabilities}, and where the time went."""
+    sw = Stopwatch()
+    with sw.section("model_loading"):
+        members = load_ensemble(model_dir, "cpu", mode="loop").members
+    out: dict[str, np.ndarray] = {}
+    with engine.connect() as conn, sw.wrap(pipeline.preprocess, "separate_vocals", "separation"):
+        for path in paths:
+            with sw.section("db_decode_other"):
+                data = path.read_bytes()
+                sha = hashlib.sha256(data).hexdigest()
+                audio = decode(data)
+            with sw.section("model_loading"):
+                separator = Separator(cfg.spleeter_frames).load_official_weights().eval()
+            with sw.section("_featurize"):
+                windows = featurize([audio], cfg, separator)[0]
+            with sw.section("inference"), torch.no_grad():
+                probs = []
+                for w in windows:
+                    x = prepare_input(torch.from_numpy(w[None]))
+                    p = [torch.softmax(m(x), dim=-1)[0] for m in members]
+                    probs.append(torch.stack(p).mean(dim=0).numpy())
+            with sw.section("db"):
+                conn.execute(_SNIPPET, {"sha": sha, "path": str(path), "size": len(data)})
+                conn.commit()
+                verdict = np.mean(probs, axis=0)
+                for i, p in [*enumerate(probs), (FILE_WINDOW, verdict)]:
+                    k = int(np.argmax(p))
+                    conn.execute(
+                        _PREDICTION,
+                        {"sha": sha, "w": i, "start": max(i, 0) * 3.0, "mv": mv_id,
+                         "probs": str([round(float(v), 6) for v in p]),
+                         "label": fixtures.CLASSES[k], "conf": float(p[k])},
+                    )  # fmt: skip
+                    conn.commit()
+            out[sha] = verdict
+    sw.seconds["features"] = sw.seconds.pop("_featurize") - sw.seconds["separation"]
+    return out, sw
+
+
+def _embedded_probs(engine: Engine, mv_id: int) -> dict[str, np.ndarray]:
+    with Session(engine) as s:
+        rows = s.execute(
+            select(Prediction.sha256, Prediction.probabilities)
+            .where(Prediction.model_version_id == mv_id)
+            .where(Prediction.window_index == FILE_WINDOW)
+        )
+        return {sha: np.asarray(p, dtype=np.float64) for sha, p in rows}
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Both paths over the same N files, each on its own fresh SQLite file, same weights."""
+    n = 12 if quick else 200
+    members, arch = (5, "resnet18") if quick else (20, "resnet34")
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
+        paths = fixtures.write_wavs(Path(tmp) / "audio", n, seed=2)
+        settings = fixtures.embedded_settings(Path(tmp) / "scorer")
+        engine = fixtures.sqlite_engine(settings)
+        naive_settings = fixtures.embedded_settings(Path(tmp) / "naive")
+        naive_engine = fixtures.sqlite_engine(naive_settings)
+        try:
+            mv_id = fixtures.register_model(engine, settings, "m", members, arch, seed=3)
+            with Session(engine) as s:
+                mv = s.get(ModelVersion, mv_id)
+                assert mv is not None
+                cfg = FrontendConfig.from_dict(mv.frontend)
+            # The naive path runs the members saved above; its own row is only for the foreign key.
+            naive_mv = fixtures.register_model(naive_engine, naive_settings, "m", 1, "resnet10", 0)
+            model_dir = settings.resolved_model_dir / "m"
+            (naive_probs, sw), naive_s, naive_cpu = once(
+                lambda: _naive(naive_engine, paths, model_dir, naive_mv, cfg)
+            )
+            emb = embedded_run.run(settings, engine, paths)
+            emb_probs = _embedded_probs(engine, mv_id)
+        finally:
+            engine.dispose()
+            naive_engine.dispose()
+    if emb["summary"].scored != n or len(naive_probs) != n:
+        raise RuntimeError(f"scored {emb['summary'].scored} (scorer), {len(naive_probs)} (naive)")
+    diff = max(float(np.abs(naive_probs[k] - emb_probs[k]).max()) for k in naive_probs)
+    ratio = speedup(naive_s, emb["wall_s"])
+    naive_breakdown = {k: round(v, 3) for k, v in sw.seconds.items()}
+    naive_breakdown["unaccounted"] = round(naive_s - sum(sw.seconds.values()), 3)
+    rows = [
+        {"path": "naive", "wall_s": round(naive_s, 2), "cpu_s": round(naive_cpu, 2),
+         "snippets_per_s": round(n / naive_s, 3), **naive_breakdown},
+        {"path": "scorer embedded", "wall_s": round(emb["wall_s"], 2),
+         "cpu_s": round(emb["cpu_s"], 2), "snippets_per_s": round(n / emb["wall_s"], 3),
+         **emb["breakdown"]},
+    ]  # fmt: skip
+    return {
+        "config": {"snippets": n, "members": members, "arch": arch, "target": ">= 10x",
+                   "T": cfg.spleeter_frames, "torch_threads": torch.get_num_threads()},
+        "rows": rows,
+        "ratios": {"embedded_vs_naive": ratio, "embedded_vs_naive_cpu": speedup(
+            naive_cpu, emb["cpu_s"])},
+        "notes": [
+            f"target >= 10x: {'met' if ratio >= 10 else 'NOT met'} ({ratio}x)",
+            f"file probabilities, naive vs scorer: max abs diff {diff:.2e}",
+            "naive model_loading includes its Spleeter build, once per file",
+        ],
+    }  # fmt: skip

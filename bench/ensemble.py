@@ -1,0 +1,81 @@
+"""Fused ensemble forward (stacked weights + vmap) against the member loop, same inputs.
+
+docs/ARCHITECTURE.md chooses the mode per device by measurement; this is that measurement, and
+it also checks that both modes give the same probabilities.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from bench import fixtures
+from bench.timing import measure, speedup
+from training.ensemble import Ensemble
+
+
+def _inputs(batch: int) -> torch.Tensor:
+    """(B, 299, 40) float16 log-mel-like values in dB, as features arrive from the database."""
+    g = torch.Generator().manual_seed(batch)
+    return (torch.randn(batch, 299, 40, generator=g) * 20 - 60).half()
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Loop vs fused at batch 1, 32 (and 256 where it fits), float32, bf16 autocast on CUDA."""
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    n, arch = (5, "resnet10") if quick else (20, "resnet34")
+    batches = [1, 32] if quick else [1, 32, 256]
+    members = fixtures.members(n, arch, seed=0)
+    sync = torch.cuda.synchronize if cuda else None
+    dtypes = ["float32", "bf16"] if cuda else ["float32"]
+    rows: list[dict[str, Any]] = []
+    ratios: dict[str, float] = {}
+    notes: list[str] = []
+    for dtype in dtypes:
+        amp = dtype == "bf16"
+        loop = Ensemble(members, fixtures.CLASSES, device=device, mode="loop", amp=amp)
+        fused = Ensemble(members, fixtures.CLASSES, device=device, mode="fused", amp=amp)
+        for b in batches:
+            if b == 256 and not cuda and not quick:
+                # M=20 ResNet34 at 256 windows is ~5 TFLOP per forward: ~8 min per mode on 2 busy
+                # cores, and the fused activations alone need ~10 GB. Estimated from batch 32.
+                notes.append("batch 256 skipped on CPU (estimate: 8 x the batch-32 time per mode)")
+                continue
+            x = _inputs(b)
+            heavy = b * n * (4 if arch == "resnet34" else 2) > 2000 and not cuda
+            reps, warm = (1, 0) if heavy else (3, 1)  # minutes per call: first-call costs are noise
+            results: dict[str, torch.Tensor] = {}
+            timings = {}
+            for name, ens in (("loop", loop), ("fused", fused)):
+                timings[name] = measure(
+                    lambda ens=ens, x=x, out=results: out.__setitem__(
+                        ens.mode, ens.predict_proba(x)
+                    ),
+                    repeat=reps,
+                    warmup=warm,
+                    sync=sync,
+                )
+            diff = float((results["loop"] - results["fused"]).abs().max())
+            ratio = speedup(timings["loop"].best, timings["fused"].best)
+            ratios[f"fused_vs_loop_{dtype}_b{b}"] = ratio
+            for name, t in timings.items():
+                rows.append(
+                    {
+                        "dtype": dtype,
+                        "batch": b,
+                        "mode": name,
+                        **t.as_dict(),
+                        "windows_per_s": round(b / t.best, 2),
+                        "speedup_vs_loop": ratio if name == "fused" else 1.0,
+                        "max_abs_diff_vs_loop": diff if name == "fused" else 0.0,
+                    }
+                )
+        del loop, fused
+    return {
+        "config": {"members": n, "arch": arch, "device": device, "batches": batches},
+        "rows": rows,
+        "ratios": ratios,
+        "notes": notes,
+    }

@@ -1,0 +1,121 @@
+"""Throughput of the separation stage: batch 8 vs 1, torch threads 2 vs 1, T = 256 vs 512.
+
+Each configuration runs in its own process, so torch's thread pool is set before first use and
+the peak RSS (a process-wide high-water mark) belongs to that configuration alone.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import fixtures
+from bench.timing import speedup
+
+# (name, T frames, max_batch, torch threads); the first is the baseline: scorer's CPU default.
+CONFIGS = [
+    ("T512_b1_t1", 512, 1, 1),
+    ("T512_b8_t1", 512, 8, 1),
+    ("T512_b1_t2", 512, 1, 2),
+    ("T256_b1_t1", 256, 1, 1),
+    ("T256_b8_t1", 256, 8, 1),
+]
+
+
+def _child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Runs in the child: load, warm up on one clip, time separate_vocals over all clips."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    from bench.timing import measure, once, peak_rss_mb
+    from pipeline import spleeter
+
+    x = list(np.load(spec["clips"]))
+    base_rss = peak_rss_mb()
+    sep, load_s, _ = once(lambda: spleeter.load_separator("cpu", spec["frames"]))
+    loaded_rss = peak_rss_mb()
+    spleeter.separate_vocals(sep, x[:1], "cpu", max_batch=1)  # warm-up: first-call allocations
+    t = measure(
+        lambda: spleeter.separate_vocals(sep, x, "cpu", max_batch=spec["batch"]),
+        repeat=spec["repeat"],
+        warmup=0,
+    )
+    return {
+        "load_s": round(load_s, 3),
+        "timing": t.as_dict(),
+        "rss_before_load_mb": base_rss,
+        "rss_loaded_mb": loaded_rss,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Per-clip wall and CPU time, snippets/s per core, and peak memory of each configuration."""
+    n, repeat = (4, 1) if quick else (16, 2)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-sep-") as tmp:
+        path = Path(tmp) / "clips.npy"
+        np.save(path, np.stack(fixtures.clips(n, seed=0)))
+        for name, frames, batch, threads in CONFIGS:
+            spec = {"clips": str(path), "frames": frames, "batch": batch, "threads": threads}
+            spec["repeat"] = repeat
+            proc = subprocess.run(
+                [sys.executable, "-m", "bench.separation", json.dumps(spec)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"separation child {name} failed:\n{proc.stderr[-2000:]}")
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            t = r["timing"]
+            rows.append(
+                {
+                    "config": name,
+                    "T": frames,
+                    "max_batch": batch,
+                    "threads": threads,
+                    "wall_s_per_clip": round(t["best_s"] / n, 4),
+                    "cpu_s_per_clip": round(t["best_cpu_s"] / n, 4),
+                    "snippets_per_s": round(n / t["best_s"], 3),
+                    "snippets_per_s_per_core": round(n / t["best_s"] / threads, 3),
+                    "median_wall_s": t["median_s"],
+                    "load_s": r["load_s"],
+                    "peak_rss_mb": r["peak_rss_mb"],
+                    "separation_extra_mb": round(r["peak_rss_mb"] - r["rss_loaded_mb"], 1),
+                }
+            )
+    by = {r["config"]: r for r in rows}
+
+    def ratio(base: str, cand: str, key: str = "wall_s_per_clip") -> float:
+        return speedup(by[base][key], by[cand][key])
+
+    per_core = "snippets_per_s_per_core"
+    return {
+        "config": {"clips": n, "clip": "3 s stereo 44.1 kHz (pipeline/synth.py, seed 0)"},
+        "rows": rows,
+        "ratios": {
+            "batch8_vs_batch1_T512": ratio("T512_b1_t1", "T512_b8_t1"),
+            "batch8_vs_batch1_T256": ratio("T256_b1_t1", "T256_b8_t1"),
+            "threads2_vs_threads1_wall": ratio("T512_b1_t1", "T512_b1_t2"),
+            "threads2_vs_threads1_per_core": round(
+                by["T512_b1_t2"][per_core] / by["T512_b1_t1"][per_core], 3
+            ),
+            "T256_vs_T512": ratio("T512_b1_t1", "T256_b1_t1"),
+            "T256_vs_T512_cpu": ratio("T512_b1_t1", "T256_b1_t1", "cpu_s_per_clip"),
+        },
+        "notes": [
+            "speed-ups are on wall time per clip (best of runs); *_cpu on CPU time",
+            "per core = snippets/s divided by the torch threads used",
+        ],
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(_child(json.loads(sys.argv[1]))))
