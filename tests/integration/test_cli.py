@@ -71,7 +71,9 @@ def session(settings: Settings):
 def test_every_command_has_help() -> None:
     for args in (
         [], ["db"], ["db", "upgrade"], ["enqueue"], ["train"], ["results"], ["status"],
-        ["models"], ["models", "activate"], ["demo-data"],
+        ["models"], ["models", "activate"], ["demo-data"], ["evaluate"], ["jobs"],
+        ["jobs", "cancel"], ["reconcile"], ["worker"], ["worker", "cpu"], ["worker", "gpu"],
+        ["worker", "train"],
     ):  # fmt: skip
         result = CliRunner().invoke(main, [*args, "--help"])
         assert result.exit_code == 0, (args, result.output)
