@@ -28,6 +28,7 @@ from pipeline.spleeter import Separator
 from scorer.db.models import FILE_WINDOW, ModelVersion, Prediction
 from training.ensemble import load_ensemble
 from training.model import prepare_input
+from worker.runtime import configure_threads
 
 _SNIPPET = text(
     "INSERT INTO snippets (sha256, source_path, size_bytes, status, attempts, created_at,"
@@ -94,10 +95,30 @@ def _embedded_probs(engine: Engine, mv_id: int) -> dict[str, np.ndarray]:
         return {sha: np.asarray(p, dtype=np.float64) for sha, p in rows}
 
 
+# quick / full: (snippets, members, arch). Module-level so a one-off run can change them.
+SIZES: dict[bool, tuple[int, int, str]] = {True: (12, 5, "resnet18"), False: (200, 20, "resnet34")}
+
+
+def _embedded_one_thread(
+    data_dir: Path, paths: list[Path], members: int, arch: str
+) -> dict[str, Any]:
+    """The embedded run again with SCORER_TORCH_THREADS=1, as the CLI would configure it:
+    docs/SEPARATION.md finds one thread per process faster on a busy machine."""
+    settings = fixtures.embedded_settings(data_dir).model_copy(update={"torch_threads": 1})
+    engine = fixtures.sqlite_engine(settings)
+    before = torch.get_num_threads()
+    try:
+        fixtures.register_model(engine, settings, "m", members, arch, seed=3)
+        configure_threads(settings)
+        return embedded_run.run(settings, engine, paths)
+    finally:
+        torch.set_num_threads(before)
+        engine.dispose()
+
+
 def run(quick: bool) -> dict[str, Any]:
     """Both paths over the same N files, each on its own fresh SQLite file, same weights."""
-    n = 12 if quick else 200
-    members, arch = (5, "resnet18") if quick else (20, "resnet34")
+    n, members, arch = SIZES[quick]
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         paths = fixtures.write_wavs(Path(tmp) / "audio", n, seed=2)
         settings = fixtures.embedded_settings(Path(tmp) / "scorer")
@@ -118,6 +139,7 @@ def run(quick: bool) -> dict[str, Any]:
             )
             emb = embedded_run.run(settings, engine, paths)
             emb_probs = _embedded_probs(engine, mv_id)
+            one = _embedded_one_thread(Path(tmp) / "scorer_t1", paths, members, arch)
         finally:
             engine.dispose()
             naive_engine.dispose()
@@ -133,16 +155,21 @@ def run(quick: bool) -> dict[str, Any]:
         {"path": "scorer embedded", "wall_s": round(emb["wall_s"], 2),
          "cpu_s": round(emb["cpu_s"], 2), "snippets_per_s": round(n / emb["wall_s"], 3),
          **emb["breakdown"]},
+        {"path": "scorer embedded, 1 thread", "wall_s": round(one["wall_s"], 2),
+         "cpu_s": round(one["cpu_s"], 2), "snippets_per_s": round(n / one["wall_s"], 3),
+         **one["breakdown"]},
     ]  # fmt: skip
     return {
         "config": {"snippets": n, "members": members, "arch": arch, "target": ">= 10x",
                    "T": cfg.spleeter_frames, "torch_threads": torch.get_num_threads()},
         "rows": rows,
         "ratios": {"embedded_vs_naive": ratio, "embedded_vs_naive_cpu": speedup(
-            naive_cpu, emb["cpu_s"])},
+            naive_cpu, emb["cpu_s"]), "embedded_1_thread_vs_naive": speedup(
+            naive_s, one["wall_s"])},
         "notes": [
             f"target >= 10x: {'met' if ratio >= 10 else 'NOT met'} ({ratio}x)",
             f"file probabilities, naive vs scorer: max abs diff {diff:.2e}",
             "naive model_loading includes its Spleeter build, once per file",
+            "'1 thread' = the same embedded run with SCORER_TORCH_THREADS=1 (fresh database)",
         ],
     }  # fmt: skip

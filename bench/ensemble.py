@@ -38,10 +38,11 @@ def run(quick: bool) -> dict[str, Any]:
         loop = Ensemble(members, fixtures.CLASSES, device=device, mode="loop", amp=amp)
         fused = Ensemble(members, fixtures.CLASSES, device=device, mode="fused", amp=amp)
         for b in batches:
-            if b == 256 and not cuda and not quick:
-                # M=20 ResNet34 at 256 windows is ~5 TFLOP per forward: ~8 min per mode on 2 busy
-                # cores, and the fused activations alone need ~10 GB. Estimated from batch 32.
-                notes.append("batch 256 skipped on CPU (estimate: 8 x the batch-32 time per mode)")
+            if b == 256 and not cuda:
+                # M=20 ResNet34 at 256 windows is ~4 TFLOP per forward: many minutes per mode on
+                # 2 busy cores, and the fused activations alone need ~10 GB. Estimated instead.
+                est = {r["mode"]: round(8 * r["best_s"], 1) for r in rows if r["batch"] == 32}
+                notes.append(f"batch 256 skipped on CPU; 8 x batch 32 would be {est} s")
                 continue
             x = _inputs(b)
             heavy = b * n * (4 if arch == "resnet34" else 2) > 2000 and not cuda

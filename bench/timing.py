@@ -94,6 +94,29 @@ def peak_rss_mb() -> float:
     return round(kib / 1024, 1)
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's RSS high-water mark (Linux >= 4.0, /proc/self/clear_refs), so the
+    peak of one stage can be read apart from loading. False where it is not supported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def rss_mb(field: str = "VmHWM") -> float | None:
+    """VmHWM (peak since start or the last reset) or VmRSS (now) in MB, from /proc/self/status."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
 def traced_peak_mb(fn: Callable[[], Any]) -> tuple[Any, float]:
     """(result, peak MB of Python allocations during `fn`). Not for timing: tracing slows
     Python code several-fold, and torch's own buffers are invisible to it."""

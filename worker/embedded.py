@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.frontend import FrontendConfig
 from scorer.db import queries
@@ -55,6 +55,49 @@ def read_file(path: Path) -> tuple[str, bytes | None, str | None]:
     return hashlib.sha256(data).hexdigest(), data, None
 
 
+Read = tuple[Path, str, bytes | None, str | None]
+"""(path, sha256, bytes or None, why it could not be read or None)"""
+
+
+def ingest(
+    sessions: sessionmaker[Session],
+    chunk: Sequence[Path],
+    labels: dict[Path, Labelled],
+    summary: RunSummary,
+    retry_failed: bool,
+) -> list[Read]:
+    """Read and hash `chunk`, insert-or-ignore its snippet rows (labels filled in), fail the
+    unreadable ones; with `retry_failed`, failed content goes back to queued. One transaction."""
+    read = [(p, *read_file(p)) for p in chunk]
+    rows = []
+    for path, sha, data, _ in read:
+        lab = labels.get(path.resolve())
+        rows.append(
+            {
+                "sha256": sha,
+                "source_path": str(path),
+                "size_bytes": len(data) if data is not None else 0,
+                "label": lab.label if lab else None,
+                "group": lab.group if lab else None,
+            }
+        )
+        summary.shas.setdefault(sha, str(path))
+    with sessions.begin() as s:
+        summary.new += len(queries.add_snippets(s, rows))
+        for _, sha, _, error in read:
+            if error:
+                queries.mark_failed(s, sha, error)
+        if retry_failed:
+            queries.set_status(
+                s,
+                [sha for _, sha, _, error in read if not error],
+                SnippetStatus.queued,
+                only_from=SnippetStatus.failed,
+                attempts=0,
+            )
+    return read
+
+
 def run(
     settings: Settings,
     engine: Engine,
@@ -88,25 +131,7 @@ def run(
     step = settings.preprocess_batch
     for start in range(0, len(paths), step):
         chunk = paths[start : start + step]
-        read = [(p, *read_file(p)) for p in chunk]
-        rows = []
-        for path, sha, data, _ in read:
-            lab = labels.get(path.resolve())
-            rows.append(
-                {
-                    "sha256": sha,
-                    "source_path": str(path),
-                    "size_bytes": len(data) if data is not None else 0,
-                    "label": lab.label if lab else None,
-                    "group": lab.group if lab else None,
-                }
-            )
-            summary.shas[sha] = str(path)
-        with sessions.begin() as s:
-            summary.new += len(queries.add_snippets(s, rows))
-            for _, sha, _, error in read:
-                if error:
-                    queries.mark_failed(s, sha, error)
+        read = ingest(sessions, chunk, labels, summary, retry_failed)
         with sessions() as s:
             state = snippet_state(s, [sha for _, sha, _, _ in read], rt.frontend.version, model)
         todo: dict[str, Item] = {}
@@ -114,7 +139,7 @@ def run(
         for path, sha, data, error in read:
             status, has_features, _, reason = state[sha]
             where.setdefault(sha, str(path))
-            if error or (status == SnippetStatus.failed and not retry_failed):
+            if error or status == SnippetStatus.failed:
                 summary.failures.append((str(path), error or reason or "failed"))
             elif not has_features and sha not in todo:
                 todo[sha] = Item(sha, data or b"", path.name)
@@ -132,7 +157,7 @@ def run(
             _, has_features, scored, _ = state[sha]
             if scored or sha in pending or not (has_features or sha in fresh):
                 continue
-            if state[sha][0] == SnippetStatus.failed and not retry_failed:
+            if state[sha][0] == SnippetStatus.failed:
                 continue
             pending.append(sha)
             pending_windows += fresh.get(sha, 1)

@@ -24,7 +24,7 @@ from scorer.db.models import FILE_WINDOW, Prediction, Snippet, SnippetStatus, ut
 from scorer.manifest import Labelled
 from scorer.settings import Settings
 from worker.celery_app import INFER_TASK, PREPROCESS_QUEUE, PREPROCESS_TASK, queue_depths
-from worker.embedded import RunSummary, read_file, snippet_state
+from worker.embedded import RunSummary, ingest, snippet_state
 from worker.runtime import frontend_from_settings
 
 log = logging.getLogger(__name__)
@@ -60,32 +60,7 @@ def publish(
     step = settings.preprocess_batch
     for start in range(0, len(paths), step):
         chunk = paths[start : start + step]
-        read = [(p, *read_file(p)) for p in chunk]
-        rows = []
-        for path, sha, data, _ in read:
-            lab = labels.get(path.resolve())
-            rows.append(
-                {
-                    "sha256": sha,
-                    "source_path": str(path),
-                    "size_bytes": len(data) if data is not None else 0,
-                    "label": lab.label if lab else None,
-                    "group": lab.group if lab else None,
-                }
-            )
-            summary.shas.setdefault(sha, str(path))
-        with sessions.begin() as s:
-            summary.new += len(queries.add_snippets(s, rows))
-            for _, sha, _, error in read:
-                if error:
-                    queries.mark_failed(s, sha, error)
-            if retry_failed:
-                retry = [sha for _, sha, _, error in read if not error]
-                s.execute(
-                    Snippet.__table__.update()
-                    .where(Snippet.sha256.in_(retry), Snippet.status == SnippetStatus.failed)
-                    .values(status=SnippetStatus.queued, error=None, attempts=0)
-                )
+        read = ingest(sessions, chunk, labels, summary, retry_failed)
         with sessions() as s:
             state = snippet_state(s, [sha for _, sha, _, _ in read], frontend.version, model)
         sent: set[str] = set()

@@ -84,16 +84,18 @@ def set_status(
     shas: Iterable[str],
     status: SnippetStatus,
     error: str | None = None,
+    *,
+    only_from: SnippetStatus | None = None,
     **values: Any,
 ) -> None:
+    """Move `shas` to `status` (only those now in `only_from`, when given)."""
     shas = list(shas)
     now = utcnow()
     for start in range(0, len(shas), 500):
-        session.execute(
-            update(Snippet)
-            .where(Snippet.sha256.in_(shas[start : start + 500]))
-            .values(status=status, error=error, updated_at=now, **values)
-        )
+        stmt = update(Snippet).where(Snippet.sha256.in_(shas[start : start + 500]))
+        if only_from is not None:
+            stmt = stmt.where(Snippet.status == only_from)
+        session.execute(stmt.values(status=status, error=error, updated_at=now, **values))
 
 
 def mark_failed(session: Session, sha: str, reason: str) -> None:
