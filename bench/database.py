@@ -121,6 +121,6 @@ def run(quick: bool) -> dict[str, Any]:
             notes.append(f"PostgreSQL skipped: not reachable ({str(exc).splitlines()[0]})")
     for r in rows:
         ratios[f"bulk_vs_row_by_row_{r['database']}"] = r["speedup"]
-    notes.append("single timed run each (10,000 commits are their own average); tracemalloc peak")
-    notes.append("is of Python objects in a separate, untimed bulk run")
+    notes.append("one timed run per path: thousands of commits average themselves")
+    notes.append("bulk_python_peak_mb: tracemalloc, Python objects, a separate untimed bulk run")
     return {"config": {"rows": n}, "rows": rows, "ratios": ratios, "notes": notes}
