@@ -23,7 +23,7 @@ CASES: dict[str, str | None] = {
     "end_to_end": "bench.end_to_end",
     # Placeholders for the lead: Celery mode vs in-process throughput; training several members
     # at once vs one at a time. Give each a module with run(quick) and put its name here.
-    "celery": None,
+    "celery": "bench.celery_mode",
     "training": None,
 }
 

@@ -133,3 +133,12 @@ def add_snippets(engine: Engine, shas: Sequence[str]) -> None:
     rows = [{"sha256": sha, "source_path": f"{sha[:8]}.wav", "size_bytes": 0} for sha in shas]
     with Session(engine) as s, s.begin():
         queries.add_snippets(s, rows)
+
+
+def session(engine: Engine) -> Session:
+    return Session(engine)
+
+
+def active_model_id(s: Session) -> int | None:
+    mv = queries.active_model(s)
+    return mv.id if mv else None
