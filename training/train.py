@@ -15,10 +15,8 @@ resumed run needs no saved RNG state and ends with the same weights as an uninte
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -33,6 +31,13 @@ from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, LRScheduler
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from training.checkpoint import (
+    atomic_save,
+    check_or_write_params,
+    checkpoint_epoch,
+    checkpoint_path,
+    load_checkpoint,
+)
 from training.data import FeatureDataset, class_weights, data_fingerprint, group_split
 from training.ensemble import Ensemble, save_members
 from training.metrics import accuracy, confusion_matrix, macro_f1
@@ -40,7 +45,6 @@ from training.model import ARCHS, N_FRAMES, N_MELS, NORMALIZE_MODES, build_membe
 
 log = logging.getLogger(__name__)
 
-PARAMS_FILE = "params.json"
 ENSEMBLE_DIR = "ensemble"
 EVAL_BATCH = 64
 
@@ -261,7 +265,7 @@ def run(
     if len(train_idx) == 0:
         raise ValueError("no training samples left after the group split")
     work_dir.mkdir(parents=True, exist_ok=True)
-    _check_or_write_params(work_dir, params, data_fingerprint(x, y, groups, classes))
+    check_or_write_params(work_dir, params, data_fingerprint(x, y, groups, classes))
 
     weights = class_weights(y[train_idx], n_classes)
     criterion = nn.CrossEntropyLoss(weight=torch.from_numpy(weights).to(device))
@@ -280,7 +284,7 @@ def run(
         device,
     )
 
-    done = [_checkpoint_epoch(work_dir, i) for i in range(params.members)]
+    done = [checkpoint_epoch(work_dir, i) for i in range(params.members)]
     total = params.members * params.epochs
     n_done = sum(done)
     disable = None if show_progress is None else not show_progress
@@ -354,7 +358,7 @@ def _member_epoch(
     scheduler = make_scheduler(optimizer, params.epochs, steps_per_epoch)
     history: list[dict[str, Any]] = []
     if epoch > 1:
-        ckpt = torch.load(_ckpt_path(work_dir, i), map_location=device, weights_only=True)
+        ckpt = load_checkpoint(work_dir, i, device)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -392,7 +396,7 @@ def _member_epoch(
         "lr": float(optimizer.param_groups[0]["lr"]),
     }
     history.append(record)
-    _atomic_save(
+    atomic_save(
         {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -402,7 +406,7 @@ def _member_epoch(
             "history": history,
             "params": params.to_dict(),
         },
-        _ckpt_path(work_dir, i),
+        checkpoint_path(work_dir, i),
     )
     return dict(record)
 
@@ -421,7 +425,7 @@ def _finish(
     """Load the final members, score validation as an ensemble, save it as safetensors."""
     members, history = [], []
     for i in range(params.members):
-        ckpt = torch.load(_ckpt_path(work_dir, i), map_location=device, weights_only=True)
+        ckpt = load_checkpoint(work_dir, i, device)
         m = build_member(len(classes), params.arch)
         m.load_state_dict(ckpt["model"])
         members.append(m)
@@ -472,45 +476,3 @@ def _finish(
     )
     log.info("ensemble val acc %s (members %s)", ens_acc, member_acc)
     return result
-
-
-def _ckpt_path(work_dir: Path, i: int) -> Path:
-    return work_dir / f"member_{i:02d}.pt"
-
-
-def _checkpoint_epoch(work_dir: Path, i: int) -> int:
-    """Last finished epoch recorded for member i (0 if none); mmap, so nothing big is read."""
-    path = _ckpt_path(work_dir, i)
-    if not path.exists():
-        return 0
-    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
-
-
-def _atomic_save(obj: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary file then rename, so a kill never leaves half a checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _check_or_write_params(work_dir: Path, params: TrainParams, data: dict[str, Any]) -> None:
-    """Refuse to resume a run made with other params or data; record them for a new run."""
-    path = work_dir / PARAMS_FILE
-    current = {"params": params.to_dict(), "data": data}
-    if path.exists():
-        stored = json.loads(path.read_text())
-        if stored != current:
-            old, new = stored.get("params", {}), current["params"]
-            diff = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
-            if stored.get("data") != data:
-                diff.append("training data differ")
-            raise ValueError(
-                f"{work_dir} holds a run with other settings ({'; '.join(diff)}); "
-                "resume with the same params and data, or use a new work_dir"
-            )
-        return
-    if any(work_dir.glob("member_*.pt")):
-        raise ValueError(f"{work_dir} has checkpoints but no {PARAMS_FILE}; use a new work_dir")
-    tmp = path.with_name(PARAMS_FILE + ".tmp")
-    tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
-    os.replace(tmp, path)
