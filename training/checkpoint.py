@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from training.train import TrainParams
+    from training.params import TrainParams
 
 PARAMS_FILE = "params.json"
 
@@ -55,6 +55,9 @@ def check_or_write_params(work_dir: Path, params: TrainParams, data: dict[str, A
     current = {"params": params.to_dict(), "data": data}
     if path.exists():
         stored = json.loads(path.read_text())
+        # Fill in parameters added since the run was stored (with their defaults = the old
+        # behaviour), so a run made by an older version still resumes.
+        stored["params"] = type(params).from_dict(stored.get("params", {})).to_dict()
         if stored != current:
             old, new = stored.get("params", {}), current["params"]
             diff = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]

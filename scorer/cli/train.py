@@ -5,11 +5,53 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from scorer.cli.common import ready_engine, settings_of, stderr
 from scorer.errors import ScorerError
+
+if TYPE_CHECKING:
+    from training.params import TrainParams
+
+# The names of training.train.PRESETS, spelled out so that `--help` does not import torch; a unit
+# test keeps the two equal.
+PRESET_NAMES = ("reference", "augmented")
+
+# Recipe options: None = not given, so the preset's value holds. Their defaults are the
+# reference's (training.train.PRESETS["reference"]).
+RECIPE_OPTIONS = (
+    "members", "epochs", "batch_size", "seed", "lr", "weight_decay", "mixup_alpha", "arch",
+    "normalize", "val_fraction", "label_smoothing", "aug_gain_db", "aug_shift_frames",
+)  # fmt: skip
+
+
+def train_params_from_options(preset: str, options: dict[str, Any]) -> TrainParams:
+    """The TrainParams of `scorer train`: the preset's values, then every option given.
+
+    ``options`` maps the command's option names (``epochs``, ``aug_spec_masks``, ...) to their
+    values, None where the option was not given. ``aug_spec_masks`` N means N time and N
+    frequency masks. Raises click.UsageError for an unknown preset or option, or invalid values.
+    """
+    from training.params import preset_params
+
+    overrides: dict[str, Any] = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key == "aug_spec_masks":
+            overrides["aug_spec_time_masks"] = overrides["aug_spec_freq_masks"] = value
+        elif key in RECIPE_OPTIONS:
+            overrides[key] = value
+        else:
+            raise click.UsageError(f"not a training option: {key}")
+    try:
+        tp = preset_params(preset, **overrides)
+        tp.validate()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    return tp
 
 
 @click.command("train")
@@ -20,32 +62,70 @@ from scorer.errors import ScorerError
     "class. Ingested first; training then uses exactly these files. Default: every labelled "
     "snippet in the database.",
 )
-@click.option("--members", default=20, show_default=True, type=click.IntRange(min=1))
-@click.option("--epochs", default=20, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--seed", default=0, show_default=True, help="Member i is seeded with seed + i.")
-@click.option("--lr", default=3e-4, show_default=True, help="AdamW learning rate.")
-@click.option("--weight-decay", default=1e-5, show_default=True, help="AdamW weight decay.")
-@click.option("--mixup-alpha", default=0.4, show_default=True, help="Mixup Beta(a, a); 0 = off.")
+@click.option(
+    "--preset",
+    default="reference",
+    show_default=True,
+    type=click.Choice(PRESET_NAMES),
+    help="Recipe to start from; the options below override its values. reference: the "
+    "reference recipe, the default until another preset beats it on held-out singers. "
+    "augmented: reference + random gain (6 dB), time shift (30 frames), 2 time + 2 frequency "
+    "SpecAugment masks and label smoothing 0.1; a candidate, not yet measured (docs/RESULTS.md).",
+)
+@click.option(
+    "--members", type=click.IntRange(min=1), help="Ensemble size. [preset; reference: 20]"
+)
+@click.option(
+    "--epochs", type=click.IntRange(min=1), help="Epochs per member. [preset; reference: 20]"
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), help="Training batch. [preset; reference: 32]"
+)
+@click.option("--seed", type=int, help="Member i is seeded with seed + i. [preset; reference: 0]")
+@click.option("--lr", type=float, help="AdamW learning rate. [preset; reference: 3e-4]")
+@click.option("--weight-decay", type=float, help="AdamW weight decay. [preset; reference: 1e-5]")
+@click.option(
+    "--mixup-alpha", type=float, help="Mixup Beta(a, a); 0 = off. [preset; reference: 0.4]"
+)
 @click.option(
     "--arch",
-    default="resnet34",
-    show_default=True,
     type=click.Choice(["resnet34", "resnet18", "resnet10"]),
-    help="Member architecture (resnet34 is the reference; smaller ones for quick runs).",
+    help="Member architecture (smaller ones for quick runs). [preset; reference: resnet34]",
 )
 @click.option(
     "--normalize",
-    default="none",
-    show_default=True,
     type=click.Choice(["none", "per_snippet"]),
-    help="Input normalisation of the log-mel (none = the reference).",
+    help="Input normalisation of the log-mel. [preset; reference: none]",
 )
 @click.option(
     "--val-fraction",
-    default=0.2,
-    show_default=True,
-    help="Share of groups (singers) held out for validation; no group is on both sides.",
+    type=float,
+    help="Share of groups (singers) held out for validation; no group is on both sides. "
+    "[preset; reference: 0.2]",
+)
+@click.option(
+    "--label-smoothing",
+    type=float,
+    help="CrossEntropyLoss label smoothing, in [0, 1). [preset; reference: 0, augmented: 0.1]",
+)
+@click.option(
+    "--aug-gain-db",
+    type=click.FloatRange(min=0),
+    help="Random gain: each training snippet's non-silent values move by one offset in "
+    "[-x, +x] feature dB (half that in ordinary dB: the features are 20·log10 of a power). "
+    "0 = off. [preset; reference: 0, augmented: 6]",
+)
+@click.option(
+    "--aug-shift-frames",
+    type=click.IntRange(min=0),
+    help="Time shift: each training snippet is rolled circularly by up to x frames (10 ms each)."
+    " 0 = off. [preset; reference: 0, augmented: 30]",
+)
+@click.option(
+    "--aug-spec-masks",
+    type=click.IntRange(min=0),
+    help="SpecAugment: N time masks (up to 20 frames) and N frequency masks (up to 5 mel bands) "
+    "per training snippet, filled with its mean. 0 = off. [preset; reference: 0, augmented: 2]",
 )
 @click.option("--name", help="Model version name (default v<job id>).")
 @click.option("--no-activate", is_flag=True, help="Register the model without activating it.")
@@ -60,23 +140,32 @@ from scorer.errors import ScorerError
 def train(
     ctx: click.Context,
     data: Path | None,
-    members: int,
-    epochs: int,
-    batch_size: int,
-    seed: int,
-    lr: float,
-    weight_decay: float,
-    mixup_alpha: float,
-    arch: str,
-    normalize: str,
-    val_fraction: float,
+    preset: str,
+    members: int | None,
+    epochs: int | None,
+    batch_size: int | None,
+    seed: int | None,
+    lr: float | None,
+    weight_decay: float | None,
+    mixup_alpha: float | None,
+    arch: str | None,
+    normalize: str | None,
+    val_fraction: float | None,
+    label_smoothing: float | None,
+    aug_gain_db: float | None,
+    aug_shift_frames: int | None,
+    aug_spec_masks: int | None,
     name: str | None,
     no_activate: bool,
     keep_checkpoints: bool,
     as_json: bool,
     no_wait: bool,
 ) -> None:
-    """Train an ensemble of MEMBERS ResNets on labelled snippets (the reference recipe).
+    """Train an ensemble of ResNets on labelled snippets.
+
+    The recipe is --preset's (by default the reference recipe), with any option given on top.
+    The reference stays the default until another recipe beats it on held-out singers
+    (`scorer evaluate --labels HELD_OUT.csv`, see docs/RESULTS.md).
 
     Each member-epoch is checkpointed: if the run is killed, the same command resumes it where
     it stopped. The result is a model version with per-member and ensemble validation accuracy,
@@ -88,21 +177,20 @@ def train(
     from scorer.cli.enqueue import print_failures
     from scorer.db.engine import make_sessionmaker
     from scorer.manifest import labels_for_data
-    from training.train import TrainParams
     from worker import embedded
     from worker.runtime import Runtime, configure_threads
     from worker.training_job import claim, create_job, find_resumable, run_job, worker_name
 
     settings = settings_of(ctx)
-    tp = TrainParams(
-        members=members, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        mixup_alpha=mixup_alpha, seed=seed, arch=arch, normalize=normalize,
-        val_fraction=val_fraction,
+    tp = train_params_from_options(
+        preset,
+        dict(
+            members=members, epochs=epochs, batch_size=batch_size, seed=seed, lr=lr,
+            weight_decay=weight_decay, mixup_alpha=mixup_alpha, arch=arch, normalize=normalize,
+            val_fraction=val_fraction, label_smoothing=label_smoothing, aug_gain_db=aug_gain_db,
+            aug_shift_frames=aug_shift_frames, aug_spec_masks=aug_spec_masks,
+        ),
     )  # fmt: skip
-    try:
-        tp.validate()
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
     engine = ready_engine(settings)
     configure_threads(settings)
     shas: list[str] | None = None

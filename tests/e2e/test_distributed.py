@@ -104,6 +104,12 @@ class Workers:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
+    def check_alive(self) -> None:
+        """A worker that exited by itself is a failure now, not a time-out later."""
+        for kind, proc in self.procs.items():
+            if proc.poll() is not None:
+                pytest.fail(f"the {kind} worker exited with {proc.returncode}\n{self.tail()}")
+
     def stop_all(self) -> None:
         for kind in list(self.procs):
             self.kill(kind)
@@ -166,6 +172,7 @@ def wait_for(predicate, timeout: float, what: str, workers: Workers, poll: float
     while time.monotonic() < deadline:
         if predicate():
             return
+        workers.check_alive()
         time.sleep(poll)
     pytest.fail(f"timed out waiting for {what}\n{workers.tail()}")
 

@@ -1,10 +1,12 @@
 """The training recipe, resumability and a learnable task (tiny configs, CPU, 1 thread)."""
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 import pytest
 import torch
@@ -13,12 +15,16 @@ from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
 from training.ensemble import load_ensemble
 from training.model import build_member
 from training.train import (
+    PRESETS,
     TrainingStopped,
     TrainParams,
+    augment_seed,
+    make_criterion,
     make_optimizer,
     make_scheduler,
     member_seeds,
     mixup_loss,
+    preset_params,
     run,
 )
 
@@ -198,3 +204,180 @@ def test_member_seeds_depend_on_member_and_epoch_only() -> None:
     assert member_seeds(0, 1, 2) != member_seeds(0, 1, 3)
     assert member_seeds(0, 1, 2) != member_seeds(0, 2, 2)
     assert member_seeds(1, 0, 2) == member_seeds(0, 1, 2)  # member i is seeded with seed + i
+
+
+# --- presets, label smoothing and augmentation ----------------------------------------------
+
+TINY_AUG = TrainParams.from_dict(
+    {
+        **TINY.to_dict(),
+        "epochs": 2,
+        "label_smoothing": 0.1,
+        "aug_gain_db": 6.0,
+        "aug_shift_frames": 30,
+        "aug_spec_time_masks": 2,
+        "aug_spec_freq_masks": 2,
+    }
+)
+
+
+def test_reference_preset_is_the_default_and_augmented_only_adds_the_knobs() -> None:
+    assert PRESETS["reference"] == TrainParams().to_dict()
+    assert preset_params("reference") == TrainParams()
+    assert TrainParams().augment_config().is_identity
+    changed = {
+        k for k in PRESETS["reference"] if PRESETS["augmented"][k] != PRESETS["reference"][k]
+    }
+    assert changed == {
+        "label_smoothing",
+        "aug_gain_db",
+        "aug_shift_frames",
+        "aug_spec_time_masks",
+        "aug_spec_freq_masks",
+    }
+    aug = preset_params("augmented", epochs=5)
+    assert (aug.epochs, aug.label_smoothing, aug.aug_gain_db) == (5, 0.1, 6.0)
+    cfg = aug.augment_config()
+    assert (cfg.gain_db, cfg.shift_frames, cfg.spec_time_masks, cfg.spec_freq_masks) == (
+        6.0,
+        30,
+        2,
+        2,
+    )
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_params("best")
+
+
+def test_old_params_dicts_without_the_new_keys_load_as_the_reference() -> None:
+    old = {k: v for k, v in TINY.to_dict().items() if k != "label_smoothing" and "aug" not in k}
+    p = TrainParams.from_dict(old)
+    assert p == TINY and p.label_smoothing == 0.0 and p.augment_config().is_identity
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("label_smoothing", 1.0), ("label_smoothing", -0.1), ("aug_gain_db", -1.0),
+     ("aug_shift_frames", -1), ("aug_spec_time_masks", -1), ("aug_spec_freq_masks", -2)],
+)  # fmt: skip
+def test_invalid_knobs_are_refused(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        TrainParams.from_dict({field: value}).validate()
+
+
+def test_label_smoothing_hand_case_and_composition_with_weights_and_mixup() -> None:
+    """p = softmax([ln 3, 0]) = (0.75, 0.25), label 0, s = 0.2, C = 2: target (0.9, 0.1)."""
+    logits, y0, y1 = torch.tensor([[math.log(3.0), 0.0]]), torch.tensor([0]), torch.tensor([1])
+    plain = make_criterion(np.ones(2, np.float32), TrainParams())
+    smooth = make_criterion(np.ones(2, np.float32), TrainParams(label_smoothing=0.2))
+    assert float(plain(logits, y0)) == pytest.approx(-math.log(0.75))
+    expected = -(0.9 * math.log(0.75) + 0.1 * math.log(0.25))
+    assert float(smooth(logits, y0)) == pytest.approx(expected)
+    assert float(smooth(logits, y0)) > float(plain(logits, y0))  # a confident right answer pays
+    # class weights (2, 1): torch weighs the smoothing term per class, over the label's weight
+    weighted = make_criterion(np.array([2.0, 1.0], np.float32), TrainParams(label_smoothing=0.2))
+    expected_w = 0.8 * -math.log(0.75) + 0.1 * -(2 * math.log(0.75) + math.log(0.25)) / 2
+    assert float(weighted(logits, y0)) == pytest.approx(expected_w)
+    # Mixup: lam * loss(label a) + (1 - lam) * loss(label b), each smoothed
+    expected_b = -(0.1 * math.log(0.75) + 0.9 * math.log(0.25))
+    got = float(mixup_loss(smooth, logits, y0, y1, 0.3))
+    assert got == pytest.approx(0.3 * expected + 0.7 * expected_b)
+
+
+def test_augment_seed_is_its_own_stream_per_member_epoch() -> None:
+    assert augment_seed(0, 1, 2) == augment_seed(1, 0, 2)
+    assert augment_seed(0, 1, 2) != augment_seed(0, 1, 3)
+    assert augment_seed(0, 1, 2) not in member_seeds(0, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def finished_aug(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("run_aug")
+    x, y, g = _task()
+    run(TINY_AUG, x, y, g, CLASSES, work)
+    return work
+
+
+def test_augmented_run_records_its_params_and_trains_other_weights(
+    finished: tuple, finished_aug: Path
+) -> None:
+    assert json.loads((finished_aug / "params.json").read_text())["params"] == TINY_AUG.to_dict()
+    ref = torch.load(finished[0] / "member_00.pt", weights_only=True)
+    ckpt = torch.load(finished_aug / "member_00.pt", weights_only=True)
+    assert ckpt["params"]["aug_spec_freq_masks"] == 2
+    assert ckpt["history"][0]["epoch"] == 1
+    # same init and shuffles as the reference run, but other batches, loss (and schedule)
+    assert ckpt["history"][0]["train_loss"] != ref["history"][0]["train_loss"]
+
+
+def test_interrupted_then_resumed_equals_uninterrupted_with_augmentation(
+    finished_aug: Path, tmp_path: Path
+) -> None:
+    """As the reference test, with every augmentation and label smoothing on: the augmentation
+    draws come from the member-epoch's derived generator, so a resumed run is bit-identical."""
+    x, y, g = _task()
+    seen: list[dict] = []
+    calls = {"n": 0}
+
+    def stop_two_batches_into_member_1() -> bool:
+        if len(seen) < 1:
+            return False
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    with pytest.raises(TrainingStopped) as stopped:
+        run(TINY_AUG, x, y, g, CLASSES, tmp_path, progress=seen.append,
+            should_stop=stop_two_batches_into_member_1)  # fmt: skip
+    assert stopped.value.done == 1
+    run(TINY_AUG, x, y, g, CLASSES, tmp_path, progress=seen.append)
+    assert [(r["epoch"], r["member"]) for r in seen] == [(e, m) for e in (1, 2) for m in (0, 1)]
+    for ref, got in zip(_states(finished_aug, 2), _states(tmp_path, 2), strict=True):
+        for k in ref["model"]:
+            assert torch.equal(ref["model"][k], got["model"][k]), k
+        assert ref["history"] == got["history"]
+
+
+# --- `scorer train` options -> TrainParams (scorer/cli/train.py) ----------------------------
+
+
+def test_cli_preset_names_and_options_cover_the_presets_and_every_param() -> None:
+    from scorer.cli.train import PRESET_NAMES, RECIPE_OPTIONS, train
+
+    assert set(PRESET_NAMES) == set(PRESETS)
+    reachable = set(RECIPE_OPTIONS) | {"aug_spec_time_masks", "aug_spec_freq_masks"}
+    assert reachable == set(TrainParams().to_dict())
+    names = {p.name for p in train.params}
+    assert set(RECIPE_OPTIONS) | {"preset", "aug_spec_masks"} <= names
+    assert next(p for p in train.params if p.name == "preset").default == "reference"
+
+
+def test_cli_options_override_the_preset() -> None:
+    from scorer.cli.train import RECIPE_OPTIONS, train_params_from_options
+
+    none_given = dict.fromkeys([*RECIPE_OPTIONS, "aug_spec_masks"])
+    assert train_params_from_options("reference", none_given) == TrainParams()
+    assert train_params_from_options("augmented", none_given) == preset_params("augmented")
+    tp = train_params_from_options(
+        "augmented",
+        {**none_given, "label_smoothing": 0.0, "aug_spec_masks": 3, "epochs": 5, "seed": 7},
+    )
+    assert (tp.label_smoothing, tp.epochs, tp.seed, tp.aug_gain_db) == (0.0, 5, 7, 6.0)
+    assert (tp.aug_spec_time_masks, tp.aug_spec_freq_masks) == (3, 3)
+    ref = train_params_from_options("reference", {"aug_gain_db": 3.0, "aug_spec_masks": 0})
+    assert ref == TrainParams(aug_gain_db=3.0)
+
+
+@pytest.mark.parametrize(
+    ("preset", "options", "message"),
+    [
+        ("reference", {"label_smoothing": 1.5}, "label_smoothing"),
+        ("best", {}, "unknown preset"),
+        ("reference", {"aug_spec_time_masks": 1}, "not a training option"),
+    ],
+)
+def test_cli_options_invalid_values_are_usage_errors(
+    preset: str, options: dict, message: str
+) -> None:
+    from scorer.cli.train import train_params_from_options
+
+    with pytest.raises(click.UsageError, match=message):
+        train_params_from_options(preset, options)
