@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     preprocess_batch: int = Field(
         default=8, ge=1, description="Snippets separated and featurised per batch."
     )
+    preprocess_processes: int = Field(
+        default=0,
+        ge=0,
+        description="Embedded mode: processes (1 torch thread each) that preprocess; 0 = auto.",
+    )
     infer_batch: int = Field(default=64, ge=1, description="Windows per ensemble forward.")
     separation: bool = Field(
         default=True,

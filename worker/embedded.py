@@ -22,6 +22,7 @@ from scorer.db.engine import make_sessionmaker
 from scorer.db.models import FILE_WINDOW, ModelVersion, Prediction, Snippet, SnippetStatus
 from scorer.manifest import Labelled
 from scorer.settings import Settings
+from worker.pool import PreprocessPool, processes_for
 from worker.runtime import Runtime
 from worker.stages import Item, preprocess, save_preprocessed, score
 
@@ -128,44 +129,51 @@ def run(
             summary.scored += len(score(s, rt, model, pending))
         pending, pending_windows = [], 0
 
-    step = settings.preprocess_batch
-    for start in range(0, len(paths), step):
-        chunk = paths[start : start + step]
-        read = ingest(sessions, chunk, labels, summary, retry_failed)
-        with sessions() as s:
-            state = snippet_state(s, [sha for _, sha, _, _ in read], rt.frontend.version, model)
-        todo: dict[str, Item] = {}
-        where: dict[str, str] = {}
-        for path, sha, data, error in read:
-            status, has_features, _, reason = state[sha]
-            where.setdefault(sha, str(path))
-            if error or status == SnippetStatus.failed:
-                summary.failures.append((str(path), error or reason or "failed"))
-            elif not has_features and sha not in todo:
-                todo[sha] = Item(sha, data or b"", path.name)
-        results = preprocess(rt, list(todo.values()))
-        with sessions.begin() as s:
-            save_preprocessed(s, rt.frontend.version, results)
-        fresh: dict[str, int] = {}
-        for r in results:
-            if r.error is not None:
-                summary.failures.append((where[r.sha256], r.error))
-            elif r.windows is not None:
-                fresh[r.sha256] = int(r.windows.shape[0])
-        summary.preprocessed += len(fresh)
-        for sha in dict.fromkeys(sha for _, sha, _, error in read if not error):
-            _, has_features, scored, _ = state[sha]
-            if scored or sha in pending or not (has_features or sha in fresh):
-                continue
-            if state[sha][0] == SnippetStatus.failed:
-                continue
-            pending.append(sha)
-            pending_windows += fresh.get(sha, 1)
-        if pending_windows >= settings.infer_batch:
-            flush()
-        if progress:
-            progress(len(chunk))
-    flush()
+    n_procs = processes_for(settings, len(paths))
+    pool = PreprocessPool(settings, rt.frontend, n_procs) if n_procs > 1 else None
+    step = max(settings.preprocess_batch, 4 * n_procs)
+    try:
+        for start in range(0, len(paths), step):
+            chunk = paths[start : start + step]
+            read = ingest(sessions, chunk, labels, summary, retry_failed)
+            with sessions() as s:
+                state = snippet_state(s, [sha for _, sha, _, _ in read], rt.frontend.version, model)
+            todo: dict[str, Item] = {}
+            where: dict[str, str] = {}
+            for path, sha, data, error in read:
+                status, has_features, _, reason = state[sha]
+                where.setdefault(sha, str(path))
+                if error or status == SnippetStatus.failed:
+                    summary.failures.append((str(path), error or reason or "failed"))
+                elif not has_features and sha not in todo:
+                    todo[sha] = Item(sha, data or b"", path.name)
+            items = list(todo.values())
+            results = pool.map(items) if pool is not None else preprocess(rt, items)
+            with sessions.begin() as s:
+                save_preprocessed(s, rt.frontend.version, results)
+            fresh: dict[str, int] = {}
+            for r in results:
+                if r.error is not None:
+                    summary.failures.append((where[r.sha256], r.error))
+                elif r.windows is not None:
+                    fresh[r.sha256] = int(r.windows.shape[0])
+            summary.preprocessed += len(fresh)
+            for sha in dict.fromkeys(sha for _, sha, _, error in read if not error):
+                _, has_features, scored, _ = state[sha]
+                if scored or sha in pending or not (has_features or sha in fresh):
+                    continue
+                if state[sha][0] == SnippetStatus.failed:
+                    continue
+                pending.append(sha)
+                pending_windows += fresh.get(sha, 1)
+            if pending_windows >= settings.infer_batch:
+                flush()
+            if progress:
+                progress(len(chunk))
+        flush()
+    finally:
+        if pool is not None:
+            pool.close()
     return summary
 
 
