@@ -23,7 +23,7 @@ from scorer.db.models import FILE_WINDOW, ModelVersion, Prediction, Snippet, Sni
 from scorer.manifest import Labelled
 from scorer.settings import Settings
 from worker.pool import PreprocessPool, processes_for
-from worker.runtime import Runtime
+from worker.runtime import Runtime, frontend_from_settings
 from worker.stages import Item, preprocess, save_preprocessed, score
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,18 @@ def ingest(
     return read
 
 
+def model_and_frontend(
+    settings: Settings, sessions: sessionmaker[Session], score_with_model: bool
+) -> tuple[ModelVersion | None, FrontendConfig]:
+    """The active model (when scoring) and the front end its features need: the model's own,
+    else the settings'."""
+    with sessions() as s:
+        model = queries.active_model(s) if score_with_model else None
+    if model is not None:
+        return model, FrontendConfig.from_dict(model.frontend)
+    return None, frontend_from_settings(settings)
+
+
 def run(
     settings: Settings,
     engine: Engine,
@@ -113,9 +125,7 @@ def run(
     labels = labels or {}
     sessions = make_sessionmaker(engine)
     summary = RunSummary(files=len(paths))
-    with sessions() as s:
-        model = queries.active_model(s) if score_with_model else None
-    frontend = FrontendConfig.from_dict(model.frontend) if model else None
+    model, frontend = model_and_frontend(settings, sessions, score_with_model)
     rt = Runtime(settings, frontend_override=frontend)
     summary.model_name = model.name if model else None
     pending: list[str] = []

@@ -17,15 +17,13 @@ from pathlib import Path
 from celery import Celery
 from sqlalchemy import Engine, func, select
 
-from pipeline.frontend import FrontendConfig
 from scorer.db import queries
 from scorer.db.engine import make_sessionmaker
 from scorer.db.models import FILE_WINDOW, Prediction, Snippet, SnippetStatus, utcnow
 from scorer.manifest import Labelled
 from scorer.settings import Settings
 from worker.celery_app import INFER_TASK, PREPROCESS_QUEUE, PREPROCESS_TASK, queue_depths
-from worker.embedded import RunSummary, ingest, snippet_state
-from worker.runtime import frontend_from_settings
+from worker.embedded import RunSummary, ingest, model_and_frontend, snippet_state
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +49,7 @@ def publish(
     labels = labels or {}
     sessions = make_sessionmaker(engine)
     summary = RunSummary(files=len(paths))
-    with sessions() as s:
-        model = queries.active_model(s) if score_with_model else None
-    frontend = (
-        FrontendConfig.from_dict(model.frontend) if model else frontend_from_settings(settings)
-    )
+    model, frontend = model_and_frontend(settings, sessions, score_with_model)
     summary.model_name = model.name if model else None
     step = settings.preprocess_batch
     for start in range(0, len(paths), step):

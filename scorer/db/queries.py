@@ -142,34 +142,30 @@ def load_features(
     return out
 
 
-def shas_with_features(session: Session, shas: Sequence[str], frontend_version: str) -> set[str]:
+def _shas_where(session: Session, column: Any, shas: Sequence[str], *conditions: Any) -> set[str]:
+    """The values of `column` (a sha column) among `shas` matching `conditions`, 500 at a time."""
     found: set[str] = set()
     for start in range(0, len(shas), 500):
-        found.update(
-            session.scalars(
-                select(Feature.sha256)
-                .where(Feature.sha256.in_(shas[start : start + 500]))
-                .where(Feature.frontend_version == frontend_version)
-            )
-        )
+        stmt = select(column).where(column.in_(shas[start : start + 500]), *conditions)
+        found.update(session.scalars(stmt))
     return found
+
+
+def shas_with_features(session: Session, shas: Sequence[str], frontend_version: str) -> set[str]:
+    return _shas_where(session, Feature.sha256, shas, Feature.frontend_version == frontend_version)
 
 
 def shas_scored_by(session: Session, shas: Sequence[str], model_version_id: int) -> set[str]:
     """Shas that already have their per-file verdict from this model version."""
     from scorer.db.models import FILE_WINDOW
 
-    found: set[str] = set()
-    for start in range(0, len(shas), 500):
-        found.update(
-            session.scalars(
-                select(Prediction.sha256)
-                .where(Prediction.sha256.in_(shas[start : start + 500]))
-                .where(Prediction.model_version_id == model_version_id)
-                .where(Prediction.window_index == FILE_WINDOW)
-            )
-        )
-    return found
+    return _shas_where(
+        session,
+        Prediction.sha256,
+        shas,
+        Prediction.model_version_id == model_version_id,
+        Prediction.window_index == FILE_WINDOW,
+    )
 
 
 def upsert_predictions(session: Session, rows: Sequence[dict[str, Any]]) -> None:
