@@ -24,6 +24,7 @@ CASES: dict[str, str | None] = {
     # Placeholders for the lead: Celery mode vs in-process throughput; training several members
     # at once vs one at a time. Give each a module with run(quick) and put its name here.
     "celery": "bench.celery_mode",
+    "memory": "bench.memory",
     "training": None,
 }
 
