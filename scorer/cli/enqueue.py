@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+from sqlalchemy import Engine
 
 from scorer.cli.common import ready_engine, settings_of, stderr
+from scorer.settings import Settings
+
+if TYPE_CHECKING:
+    from scorer.manifest import Labelled
+    from worker.embedded import RunSummary
 
 
 def print_failures(failures: list[tuple[str, str]]) -> None:
@@ -107,8 +114,15 @@ def enqueue(
 
 
 def publish_and_wait(
-    settings, engine, files, labels, *, no_score: bool, retry_failed: bool, wait: bool
-):  # type: ignore[no-untyped-def]
+    settings: Settings,
+    engine: Engine,
+    files: list[Path],
+    labels: dict[Path, Labelled] | None,
+    *,
+    no_score: bool,
+    retry_failed: bool,
+    wait: bool,
+) -> RunSummary:
     """Distributed mode: publish, then watch the database until every file is final."""
     from tqdm import tqdm
 

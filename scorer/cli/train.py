@@ -13,6 +13,9 @@ from scorer.cli.common import ready_engine, settings_of, stderr
 from scorer.errors import ScorerError
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from scorer.db.models import ModelVersion
     from training.params import TrainParams
 
 # The names of training.train.PRESETS, spelled out so that `--help` does not import torch; a unit
@@ -254,7 +257,7 @@ def train(
     click.echo(f"validation accuracy per member: {members_acc}")
 
 
-def follow_job(engine, job_id: int):  # type: ignore[no-untyped-def]
+def follow_job(engine: Engine, job_id: int) -> ModelVersion:
     """Show a queued job's progress until it ends; returns its model version."""
     import time
 
