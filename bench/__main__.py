@@ -25,6 +25,7 @@ CASES: dict[str, str | None] = {
     # at once vs one at a time. Give each a module with run(quick) and put its name here.
     "celery": "bench.celery_mode",
     "memory": "bench.memory",
+    "loading": "bench.loading",
     "training": None,
 }
 
