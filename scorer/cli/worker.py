@@ -41,8 +41,12 @@ def worker_cpu(ctx: click.Context, concurrency: int | None, loglevel: str) -> No
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     settings, app = _celery(ctx)
+    # Separation runs on the CPU here: a CUDA context per prefork child would multiply GPU memory
+    # by the number of children (GPU work belongs to the solo-pool `scorer worker gpu`).
+    update: dict[str, object] = {"device": "cpu"}
     if not settings.torch_threads:
-        app.conf.scorer_settings = settings.model_copy(update={"torch_threads": 1})
+        update["torch_threads"] = 1
+    app.conf.scorer_settings = settings.model_copy(update=update)
     n = concurrency or os.cpu_count() or 1
     app.worker_main(
         ["worker", "-Q", "preprocess", "-P", "prefork", "-c", str(n), "-n", "cpu@%h",
