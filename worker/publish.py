@@ -71,7 +71,7 @@ def publish(
                     app.send_task(INFER_TASK, args=(sha,))
             else:
                 wait_for_room(app, settings.queue_bound)
-                app.send_task(PREPROCESS_TASK, args=(sha, data, path.name))
+                app.send_task(PREPROCESS_TASK, args=(sha, data, path.name, frontend.to_dict()))
                 summary.preprocessed += 1
         if progress:
             progress(len(chunk))

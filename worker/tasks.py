@@ -91,8 +91,14 @@ def _gave_up(attempts: int) -> str:
     retry_jitter=True,
     max_retries=8,
 )
-def preprocess_task(self, sha: str, data: bytes, name: str) -> None:  # type: ignore[no-untyped-def]
-    """Decode, separate, featurise one snippet; publish it for inference."""
+def preprocess_task(  # type: ignore[no-untyped-def]
+    self, sha: str, data: bytes, name: str, frontend: dict | None = None
+) -> None:
+    """Decode, separate, featurise one snippet; publish it for inference.
+
+    `frontend`: the front-end parameters the producer wants (the active model's, or the
+    settings' for training data); without it, the active model's at the time of the work.
+    """
     c = ctx()
     with c.sessions.begin() as s:
         snip = s.scalars(select(Snippet).where(Snippet.sha256 == sha)).first()
@@ -102,8 +108,10 @@ def preprocess_task(self, sha: str, data: bytes, name: str) -> None:  # type: ig
         if snip.status == SnippetStatus.failed:
             return
         model = queries.active_model(s)
-        frontend = _frontend_for(model, c.settings)
-        if sha in queries.shas_with_features(s, [sha], frontend.version):
+        wanted = (
+            FrontendConfig.from_dict(frontend) if frontend else _frontend_for(model, c.settings)
+        )
+        if sha in queries.shas_with_features(s, [sha], wanted.version):
             has_features = True
         else:
             has_features = False
@@ -112,12 +120,12 @@ def preprocess_task(self, sha: str, data: bytes, name: str) -> None:  # type: ig
                 return
             snip.attempts += 1  # committed before the work: a crash mid-work still counts
     if not has_features:
-        results = preprocess(c.runtime(frontend), [Item(sha, data, name)])
+        results = preprocess(c.runtime(wanted), [Item(sha, data, name)])
         with c.sessions.begin() as s:
-            save_preprocessed(s, frontend.version, results)
+            save_preprocessed(s, wanted.version, results)
         if results[0].error is not None:
             return
-    if model is not None:
+    if model is not None and model.frontend_version == wanted.version:
         infer_task.apply_async((sha,))  # after the commit, so the GPU worker finds the row
 
 
