@@ -21,12 +21,10 @@ CASES: dict[str, str | None] = {
     "database": "bench.database",
     "rescoring": "bench.rescoring",
     "end_to_end": "bench.end_to_end",
-    # Placeholders for the lead: Celery mode vs in-process throughput; training several members
-    # at once vs one at a time. Give each a module with run(quick) and put its name here.
     "celery": "bench.celery_mode",
     "memory": "bench.memory",
     "loading": "bench.loading",
-    "training": None,
+    "training": "bench.training",
 }
 
 

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         description="Embedded mode: processes (1 torch thread each) that preprocess; 0 = auto.",
     )
     infer_batch: int = Field(default=64, ge=1, description="Windows per ensemble forward.")
+    train_stack: int = Field(
+        default=0,
+        ge=0,
+        description="Members trained at once in one batched computation; 0 = auto "
+        "(all on a GPU, one at a time on the CPU).",
+    )
     separation: bool = Field(
         default=True,
         description="Separate vocals with Spleeter first (part of the front-end version).",

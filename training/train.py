@@ -47,6 +47,12 @@ from training.ensemble import Ensemble, save_members
 from training.metrics import accuracy, confusion_matrix, macro_f1
 from training.model import N_FRAMES, N_MELS, build_member, prepare_input
 from training.params import DEFAULT_PRESET, PRESETS, TrainParams, preset_params
+from training.stacked import (
+    StackedMembers,
+    member_optimizer_state,
+    stack_optimizer_states,
+    train_stacked_epoch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +251,7 @@ def run(
     *,
     meta: dict[str, Any] | None = None,
     show_progress: bool | None = None,
+    stack: int | None = None,
 ) -> TrainResult:
     """Train (or resume training) an ensemble on features ``x`` (N, 299, 40) float16.
 
@@ -253,8 +260,9 @@ def run(
     (1-based), epochs, members, train_loss, val_acc, val_loss, fraction_done. ``should_stop`` is
     polled between batches; when it returns True, ``TrainingStopped`` is raised. ``meta`` (e.g.
     frontend parameters and version) is stored with the saved ensemble in work_dir/ensemble.
-    ``show_progress``: tqdm bar on stderr; None = only on a TTY. Raises ValueError if work_dir
-    holds a run with other params or other data.
+    ``show_progress``: tqdm bar on stderr; None = only on a TTY. ``stack``: members trained at
+    once in one batched computation (training/stacked.py); None = ``default_stack(device,
+    members)``. Raises ValueError if work_dir holds a run with other params or other data.
     """
     params.validate()
     device = torch.device(device)
@@ -294,49 +302,139 @@ def run(
     done = [checkpoint_epoch(work_dir, i) for i in range(params.members)]
     total = params.members * params.epochs
     n_done = sum(done)
+    k = max(1, min(stack or default_stack(device, params.members), params.members))
+    if k > 1:
+        log.info("training %d members at a time (stacked)", k)
     disable = None if show_progress is None else not show_progress
     with tqdm(
         total=total, initial=n_done, desc="member-epochs", file=sys.stderr, disable=disable
     ) as bar:
         for epoch in range(1, params.epochs + 1):
-            for i in range(params.members):
-                if done[i] >= epoch:
-                    continue
+            # Epoch-major order keeps every member at epoch - 1 or epoch: the pending ones are
+            # all at epoch - 1 and can be stacked.
+            pending = [i for i in range(params.members) if done[i] < epoch]
+            for start in range(0, len(pending), k):
+                group = pending[start : start + k]
                 if should_stop is not None and should_stop():
                     raise TrainingStopped(n_done, total)
                 try:
-                    record = _member_epoch(
-                        params,
-                        i,
-                        epoch,
-                        work_dir,
-                        device,
-                        train_ds,
-                        val_loader,
-                        criterion,
-                        n_classes,
-                        steps_per_epoch,
-                        pin,
-                        should_stop,
-                    )
+                    if len(group) == 1:
+                        records = [
+                            _member_epoch(
+                                params, group[0], epoch, work_dir, device, train_ds,
+                                val_loader, criterion, n_classes, steps_per_epoch, pin,
+                                should_stop,
+                            )
+                        ]  # fmt: skip
+                    else:
+                        records = _stacked_epoch(
+                            params, group, epoch, work_dir, device, train_ds, val_loader,
+                            criterion, n_classes, steps_per_epoch, pin, should_stop,
+                        )  # fmt: skip
                 except TrainingStopped:
                     raise TrainingStopped(n_done, total) from None
-                done[i] = epoch
-                n_done += 1
-                bar.update(1)
-                record.update(epochs=params.epochs, members=params.members)
-                record["fraction_done"] = n_done / total
-                log.info(
-                    "member %d epoch %d/%d: train loss %.4f, val acc %s",
-                    i,
-                    epoch,
-                    params.epochs,
-                    record["train_loss"],
-                    record["val_acc"],
-                )
-                if progress is not None:
-                    progress(record)
+                for i, record in zip(group, records, strict=True):
+                    done[i] = epoch
+                    n_done += 1
+                    bar.update(1)
+                    record.update(epochs=params.epochs, members=params.members)
+                    record["fraction_done"] = n_done / total
+                    log.info(
+                        "member %d epoch %d/%d: train loss %.4f, val acc %s",
+                        i,
+                        epoch,
+                        params.epochs,
+                        record["train_loss"],
+                        record["val_acc"],
+                    )
+                    if progress is not None:
+                        progress(record)
     return _finish(params, work_dir, device, classes, weights, val_loader, train_idx, y, meta)
+
+
+def default_stack(device: str | torch.device, members: int) -> int:
+    """How many members to train at once when the caller does not say: all of them on a GPU
+    (one batch of 32 snippets leaves a card mostly idle), one at a time on the CPU, where the
+    stacked convolutions are no faster (bench ``training``, docs/BENCHMARKS.md)."""
+    return members if torch.device(device).type == "cuda" else 1
+
+
+def _load_member(
+    params: TrainParams,
+    i: int,
+    epoch: int,
+    work_dir: Path,
+    device: torch.device,
+    n_classes: int,
+    steps_per_epoch: int,
+) -> tuple[nn.Module, AdamW, LRScheduler, list[dict[str, Any]]]:
+    """Member i as it is before its epoch ``epoch``: fresh (seeded) for epoch 1, else from its
+    checkpoint; with its optimizer, scheduler and history."""
+    if epoch == 1:
+        torch.manual_seed(member_seeds(params.seed, i, 0)[0])
+    model = build_member(n_classes, params.arch).to(device)
+    optimizer = make_optimizer(model, params)
+    scheduler = make_scheduler(optimizer, params.epochs, steps_per_epoch)
+    history: list[dict[str, Any]] = []
+    if epoch > 1:
+        ckpt = load_checkpoint(work_dir, i, device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        history = list(ckpt["history"])
+    return model, optimizer, scheduler, history
+
+
+def _epoch_loader(
+    params: TrainParams, train_ds: FeatureDataset, shuffle_seed: int, pin: bool
+) -> DataLoader:
+    return DataLoader(
+        train_ds,
+        batch_size=params.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(shuffle_seed),
+        pin_memory=pin,
+    )
+
+
+def _save_member(
+    params: TrainParams,
+    i: int,
+    epoch: int,
+    work_dir: Path,
+    device: torch.device,
+    model: nn.Module,
+    optimizer_state: dict[str, Any],
+    scheduler_state: dict[str, Any],
+    lr: float,
+    history: list[dict[str, Any]],
+    train_loss: float,
+    val_loader: DataLoader,
+) -> dict[str, Any]:
+    """Validate member i after its epoch and checkpoint it (atomic); returns the epoch record."""
+    ev = evaluate(model, val_loader, device, params.normalize)
+    record = {
+        "member": i,
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "val_acc": ev["acc"],
+        "val_loss": ev["loss"],
+        "lr": lr,
+    }
+    history.append(record)
+    atomic_save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer_state,
+            "scheduler": scheduler_state,
+            "epoch": epoch,
+            "member": i,
+            "history": history,
+            "params": params.to_dict(),
+        },
+        checkpoint_path(work_dir, i),
+    )
+    return dict(record)
 
 
 def _member_epoch(
@@ -358,31 +456,14 @@ def _member_epoch(
     The uninterrupted run also reloads from disk, so it takes exactly the path a resumed run
     takes; and only one member's optimizer state is in memory at a time.
     """
-    if epoch == 1:
-        torch.manual_seed(member_seeds(params.seed, i, 0)[0])
-    model = build_member(n_classes, params.arch).to(device)
-    optimizer = make_optimizer(model, params)
-    scheduler = make_scheduler(optimizer, params.epochs, steps_per_epoch)
-    history: list[dict[str, Any]] = []
-    if epoch > 1:
-        ckpt = load_checkpoint(work_dir, i, device)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        history = list(ckpt["history"])
-
+    model, optimizer, scheduler, history = _load_member(
+        params, i, epoch, work_dir, device, n_classes, steps_per_epoch
+    )
     dropout_seed, shuffle_seed, mixup_seed = member_seeds(params.seed, i, epoch)
     torch.manual_seed(dropout_seed)  # global RNG: dropout (and CUDA's, on a GPU)
-    loader = DataLoader(
-        train_ds,
-        batch_size=params.batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(shuffle_seed),
-        pin_memory=pin,
-    )
     train_loss = train_one_epoch(
         model,
-        loader,
+        _epoch_loader(params, train_ds, shuffle_seed, pin),
         criterion,
         optimizer,
         scheduler,
@@ -395,29 +476,69 @@ def _member_epoch(
         augment_generator=torch.Generator().manual_seed(augment_seed(params.seed, i, epoch)),
         should_stop=should_stop,
     )
-    ev = evaluate(model, val_loader, device, params.normalize)
-    record = {
-        "member": i,
-        "epoch": epoch,
-        "train_loss": train_loss,
-        "val_acc": ev["acc"],
-        "val_loss": ev["loss"],
-        "lr": float(optimizer.param_groups[0]["lr"]),
-    }
-    history.append(record)
-    atomic_save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch,
-            "member": i,
-            "history": history,
-            "params": params.to_dict(),
-        },
-        checkpoint_path(work_dir, i),
+    return _save_member(
+        params, i, epoch, work_dir, device, model, optimizer.state_dict(),
+        scheduler.state_dict(), float(optimizer.param_groups[0]["lr"]), history, train_loss,
+        val_loader,
+    )  # fmt: skip
+
+
+def _stacked_epoch(
+    params: TrainParams,
+    group: list[int],
+    epoch: int,
+    work_dir: Path,
+    device: torch.device,
+    train_ds: FeatureDataset,
+    val_loader: DataLoader,
+    criterion: nn.Module,
+    n_classes: int,
+    steps_per_epoch: int,
+    pin: bool,
+    should_stop: Callable[[], bool] | None,
+) -> list[dict[str, Any]]:
+    """``_member_epoch`` for several members at once (training/stacked.py): same seeds, same
+    draws, same checkpoints, one batched computation."""
+    loaded = [
+        _load_member(params, i, epoch, work_dir, device, n_classes, steps_per_epoch) for i in group
+    ]
+    stack = StackedMembers([m for m, _, _, _ in loaded])
+    optimizer = AdamW(stack.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    scheduler = make_scheduler(optimizer, params.epochs, steps_per_epoch)
+    if epoch > 1:
+        optimizer.load_state_dict(stack_optimizer_states([o.state_dict() for _, o, _, _ in loaded]))
+        scheduler.load_state_dict(loaded[0][2].state_dict())
+    seeds = [member_seeds(params.seed, i, epoch) for i in group]
+    losses = train_stacked_epoch(
+        stack,
+        [_epoch_loader(params, train_ds, s[1], pin) for s in seeds],
+        criterion,
+        optimizer,
+        scheduler,
+        device,
+        normalize=params.normalize,
+        mixup_alpha=params.mixup_alpha,
+        mixup_rngs=[np.random.default_rng(s[2]) for s in seeds],
+        perm_generators=[torch.Generator().manual_seed(s[2]) for s in seeds],
+        dropout_generators=[torch.Generator().manual_seed(s[0]) for s in seeds],
+        augment_cfg=params.augment_config(),
+        augment_generators=[
+            torch.Generator().manual_seed(augment_seed(params.seed, i, epoch)) for i in group
+        ],
+        should_stop=should_stop,
     )
-    return dict(record)
+    opt_state = optimizer.state_dict()
+    lr = float(optimizer.param_groups[0]["lr"])
+    records = []
+    for m, i in enumerate(group):
+        model, _, _, history = loaded[m]
+        model.load_state_dict(stack.member_state(m))
+        record = _save_member(
+            params, i, epoch, work_dir, device, model, member_optimizer_state(opt_state, m),
+            scheduler.state_dict(), lr, history, losses[m], val_loader,
+        )  # fmt: skip
+        records.append(record)
+    return records
 
 
 def _finish(

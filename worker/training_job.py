@@ -197,7 +197,7 @@ def run_job(
         result = run(
             train_params, x, y, groups, classes, work_dir, device=rt.device,
             progress=heart.beat, should_stop=heart.should_stop, meta=meta,
-            show_progress=show_progress,
+            show_progress=show_progress, stack=rt.settings.train_stack or None,
         )  # fmt: skip
     except TrainingStopped:
         with sessions.begin() as s:

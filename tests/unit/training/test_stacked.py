@@ -1,0 +1,145 @@
+"""Stacked training (several members in one vmapped computation) against one at a time."""
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from training.model import build_member
+from training.stacked import (
+    StackedMembers,
+    dropout_keep,
+    member_optimizer_state,
+    stack_optimizer_states,
+)
+from training.train import TrainParams, default_stack, run
+
+torch.set_num_threads(1)
+
+CLASSES = ["none", "male", "female"]
+TINY = TrainParams(members=3, epochs=2, batch_size=16, arch="resnet10", val_fraction=0.25)
+
+
+def _task(n: int = 56) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    rng = np.random.default_rng(1)
+    y = np.arange(n) % len(CLASSES)
+    x = rng.normal(-60, 10, (n, 299, 40))
+    for c in range(len(CLASSES)):
+        x[y == c, :, 10 * c : 10 * c + 8] += 25
+    return x.astype(np.float16), y, [f"s{i % 10}" for i in range(n)]
+
+
+def _weights(work: Path, members: int) -> list[dict[str, Any]]:
+    return [torch.load(work / f"member_{i:02d}.pt", weights_only=True) for i in range(members)]
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    work = tmp_path_factory.mktemp("seq")
+    x, y, g = _task()
+    return work, run(TINY, x, y, g, CLASSES, work, stack=1)
+
+
+def test_dropout_keep_is_the_mask_nn_dropout_draws() -> None:
+    feats = torch.ones(5, 512)
+    torch.manual_seed(123)
+    want = nn.Dropout(0.2).train()(feats)
+    got = feats * dropout_keep(5, 512, torch.Generator().manual_seed(123))
+    assert torch.equal(got, want)
+
+
+def test_stacked_forward_equals_each_member_in_eval_of_the_body() -> None:
+    torch.manual_seed(0)
+    members = [build_member(4, "resnet10") for _ in range(3)]
+    for m in members:
+        m.train()
+    x = torch.randn(3, 4, 1, 299, 40)
+    keep = torch.ones(3, 4, 512)
+    stack = StackedMembers(members)
+    got = stack.forward(x, keep)
+    for i, m in enumerate(members):
+        m.fc[0].p = 0.0  # keep = 1 is dropout off
+        torch.testing.assert_close(got[i], m(x[i]), atol=1e-4, rtol=1e-4)
+    # BatchNorm running statistics moved per member, like each member's own did
+    for i, m in enumerate(members):
+        torch.testing.assert_close(stack.member_state(i)["bn1.running_mean"], m.bn1.running_mean)
+
+
+def test_optimizer_states_stack_and_unstack() -> None:
+    members = [build_member(3, "resnet10") for _ in range(2)]
+    states = []
+    for m in members:
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+        m(torch.randn(2, 1, 299, 40)).sum().backward()
+        opt.step()
+        states.append(opt.state_dict())
+    stacked = stack_optimizer_states(states)
+    for i, s in enumerate(states):
+        back = member_optimizer_state(stacked, i)
+        assert back["param_groups"] == s["param_groups"]
+        for j in s["state"]:
+            for key in ("step", "exp_avg", "exp_avg_sq"):
+                assert torch.equal(back["state"][j][key], s["state"][j][key])
+
+
+def test_stacked_run_matches_sequential_up_to_rounding(
+    sequential: tuple[Path, Any], tmp_path: Path
+) -> None:
+    """Same seeds, same data order, same dropout masks, same AdamW: only float rounding of the
+    batched convolutions differs."""
+    seq_work, seq = sequential
+    x, y, g = _task()
+    st = run(TINY, x, y, g, CLASSES, tmp_path, stack=3)
+    for a, b in zip(_weights(seq_work, 3), _weights(tmp_path, 3), strict=True):
+        assert _max_diff(a["model"], b["model"]) < 1e-3
+        assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+        assert a["scheduler"] == b["scheduler"]
+        assert [r["epoch"] for r in a["history"]] == [r["epoch"] for r in b["history"]]
+        for ra, rb in zip(a["history"], b["history"], strict=True):
+            assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-3)
+    assert st.member_val_acc == pytest.approx(seq.member_val_acc, abs=0.1)
+    # and it is not trivially equal because nothing trained: the weights moved from epoch 1
+    torch.manual_seed(0)
+    assert (
+        _max_diff(_weights(tmp_path, 1)[0]["model"], build_member(3, "resnet10").state_dict())
+        > 1e-2
+    )
+
+
+def test_stacked_and_sequential_checkpoints_resume_each_other(
+    sequential: tuple[Path, Any], tmp_path: Path
+) -> None:
+    """A run started one at a time and finished stacked (groups of 2 over 3 members, one of
+    them alone) ends where the sequential run ended."""
+    seq_work, _ = sequential
+    x, y, g = _task()
+    one_epoch = TrainParams(**{**TINY.to_dict(), "epochs": 2})
+    calls = {"n": 0}
+
+    def stop_after_first_epoch() -> bool:
+        calls["n"] += 1
+        return len(list(tmp_path.glob("member_*.pt"))) == 3 and calls["n"] > 0 and _all_at(1)
+
+    def _all_at(epoch: int) -> bool:
+        return all(s["epoch"] == epoch for s in _weights(tmp_path, 3))
+
+    with pytest.raises(Exception, match="stopped"):
+        run(one_epoch, x, y, g, CLASSES, tmp_path, stack=1, should_stop=stop_after_first_epoch)
+    assert _all_at(1)
+    run(one_epoch, x, y, g, CLASSES, tmp_path, stack=2)
+    for a, b in zip(_weights(seq_work, 3), _weights(tmp_path, 3), strict=True):
+        assert b["epoch"] == 2
+        assert _max_diff(a["model"], b["model"]) < 1e-3
+
+
+def test_default_stack_is_all_members_on_cuda_one_on_cpu() -> None:
+    assert default_stack("cpu", 20) == 1
+    assert default_stack("cuda", 20) == 20
