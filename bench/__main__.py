@@ -25,6 +25,7 @@ CASES: dict[str, str | None] = {
     "memory": "bench.memory",
     "loading": "bench.loading",
     "training": "bench.training",
+    "spleeter_frames": "bench.spleeter_frames",
 }
 
 

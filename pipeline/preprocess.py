@@ -51,7 +51,15 @@ def featurize(
     """One (W_i, n_frames, n_mels) float16 array per snippet; all windows in one log-mel call."""
     if not audios:
         return []
-    mono = vocals_mono(audios, cfg, separator, device)
+    return mel_windows(vocals_mono(audios, cfg, separator, device), cfg, device, min_tail_s)
+
+
+def mel_windows(
+    mono: list[np.ndarray], cfg: FrontendConfig, device: str = "cpu", min_tail_s: float = 1.0
+) -> list[np.ndarray]:
+    """Mono signals at cfg.sample_rate -> one (W_i, n_frames, n_mels) float16 array each."""
+    if not mono:
+        return []
     min_tail = round(min_tail_s * cfg.sample_rate)
     windows = [split_windows(m, cfg.window_samples, min_tail) for m in mono]
     counts = [w.shape[0] for w in windows]

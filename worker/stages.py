@@ -139,28 +139,33 @@ def score(session: Session, rt: Runtime, model: ModelVersion, shas: list[str]) -
     ensemble = rt.ensemble(model.weights_uri)
     summary = predict_windows(ensemble, stacked, batch_size=rt.settings.infer_batch)
     classes = list(model.classes)
+    hop_s = rt.frontend.window_samples / rt.frontend.sample_rate
+    # Whole-batch conversions to Python values (one .tolist() each), not float() per value.
+    proba = np.round(summary["proba"].astype(np.float64), 6).tolist()
+    label = [classes[k] for k in summary["label_idx"].tolist()]
+    confidence = summary["confidence"].tolist()
+    disagreement = summary["disagreement"].tolist()
+    entropy = summary["entropy"].tolist()
     rows: list[dict] = []
     labels: dict[str, str] = {}
-    hop_s = rt.frontend.window_samples / rt.frontend.sample_rate
     offset = 0
     for sha in order:
         w = feats[sha].shape[0]
-        probs = summary["proba"][offset : offset + w]
-        for i in range(w):
-            rows.append(
-                {
-                    "sha256": sha,
-                    "window_index": i,
-                    "start_s": i * hop_s,
-                    "model_version_id": model.id,
-                    "probabilities": [round(float(p), 6) for p in probs[i]],
-                    "label": classes[int(summary["label_idx"][offset + i])],
-                    "confidence": float(summary["confidence"][offset + i]),
-                    "disagreement": float(summary["disagreement"][offset + i]),
-                    "entropy": float(summary["entropy"][offset + i]),
-                }
-            )
-        verdict = file_verdict(probs, classes)
+        rows.extend(
+            {
+                "sha256": sha,
+                "window_index": i,
+                "start_s": i * hop_s,
+                "model_version_id": model.id,
+                "probabilities": proba[offset + i],
+                "label": label[offset + i],
+                "confidence": confidence[offset + i],
+                "disagreement": disagreement[offset + i],
+                "entropy": entropy[offset + i],
+            }
+            for i in range(w)
+        )
+        verdict = file_verdict(summary["proba"][offset : offset + w], classes)
         k = int(verdict.argmax())
         labels[sha] = classes[k]
         rows.append(
@@ -169,7 +174,7 @@ def score(session: Session, rt: Runtime, model: ModelVersion, shas: list[str]) -
                 "window_index": FILE_WINDOW,
                 "start_s": 0.0,
                 "model_version_id": model.id,
-                "probabilities": [round(float(p), 6) for p in verdict],
+                "probabilities": np.round(verdict.astype(np.float64), 6).tolist(),
                 "label": classes[k],
                 "confidence": float(verdict[k]),
                 "disagreement": float(summary["disagreement"][offset : offset + w].mean()),

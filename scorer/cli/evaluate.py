@@ -383,6 +383,8 @@ def summarize(
         ],
         "confusion_matrix": cm.tolist(),
         "accuracy_vs_members": [{"members": k, "accuracy": a} for k, a in curve],
+        # each member alone: the ensemble's gain is measured against the best of these
+        "member_accuracy": [accuracy(y_true, verdicts(p).argmax(axis=1)) for p in member_proba],
         "calibration": {
             "ece": expected_calibration_error(file_proba, y_true),
             "n_bins": len(bins),
@@ -482,6 +484,12 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"{c:<{w}}" + "".join(f" {n:>{w}d}" for n in row))
     lines += ["", "members  accuracy"]
     lines += [f"{p['members']:7d}  {_num(p['accuracy'])}" for p in r["accuracy_vs_members"]]
+    single = r["member_accuracy"]
+    best = int(np.argmax(single))
+    lines.append(
+        f"each member alone: mean {_num(float(np.mean(single)))}, best {_num(single[best])} "
+        f"(member {best}), worst {_num(min(single))}"
+    )
     cal = r["calibration"]
     lines += ["", f"expected calibration error ({cal['n_bins']} bins): {_num(cal['ece'])}"]
     mw = r["multi_window"]

@@ -80,6 +80,8 @@ def check_consistent(report: dict) -> None:
     curve = report["accuracy_vs_members"]
     assert [p["members"] for p in curve] == [1, 2]  # capped at the 2 members, ends with all
     assert curve[-1]["accuracy"] == pytest.approx(report["accuracy"])
+    assert len(report["member_accuracy"]) == 2
+    assert curve[0]["accuracy"] == pytest.approx(report["member_accuracy"][0])  # first k = 1
     cal = report["calibration"]
     assert cal["n_bins"] == 10 and sum(b["count"] for b in cal["bins"]) == report["files"]
     assert 0.0 <= cal["ece"] <= 1.0
