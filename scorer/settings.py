@@ -62,6 +62,12 @@ class Settings(BaseSettings):
         description="Members trained at once in one batched computation; 0 = auto "
         "(all on a GPU, one at a time on the CPU).",
     )
+    train_processes: int = Field(
+        default=0,
+        ge=0,
+        description="CPU training: members trained in parallel, one process each; 0 = auto "
+        "(one per core).",
+    )
     separation: bool = Field(
         default=True,
         description="Separate vocals with Spleeter first (part of the front-end version).",

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from training.data import FeatureDataset, class_weights, data_fingerprint, group
 from training.ensemble import Ensemble, save_members
 from training.metrics import accuracy, confusion_matrix, macro_f1
 from training.model import N_FRAMES, N_MELS, build_member, prepare_input
+from training.parallel import MemberProcesses
 from training.params import DEFAULT_PRESET, PRESETS, TrainParams, preset_params
 from training.stacked import (
     StackedMembers,
@@ -79,6 +81,9 @@ class TrainingStopped(Exception):
         super().__init__(f"training stopped after {done} of {total} member-epochs")
         self.done = done
         self.total = total
+
+    def __reduce__(self) -> tuple[type, tuple[int, int]]:  # crosses process boundaries intact
+        return (type(self), (self.done, self.total))
 
 
 @dataclass
@@ -252,6 +257,7 @@ def run(
     meta: dict[str, Any] | None = None,
     show_progress: bool | None = None,
     stack: int | None = None,
+    processes: int = 1,
 ) -> TrainResult:
     """Train (or resume training) an ensemble on features ``x`` (N, 299, 40) float16.
 
@@ -262,7 +268,9 @@ def run(
     frontend parameters and version) is stored with the saved ensemble in work_dir/ensemble.
     ``show_progress``: tqdm bar on stderr; None = only on a TTY. ``stack``: members trained at
     once in one batched computation (training/stacked.py); None = ``default_stack(device,
-    members)``. Raises ValueError if work_dir holds a run with other params or other data.
+    members)``. ``processes``: on the CPU (and unstacked), members trained in parallel, one
+    process each (training/parallel.py). Raises ValueError if work_dir holds a run with other
+    params or other data.
     """
     params.validate()
     device = torch.device(device)
@@ -303,52 +311,73 @@ def run(
     total = params.members * params.epochs
     n_done = sum(done)
     k = max(1, min(stack or default_stack(device, params.members), params.members))
+    n_procs = max(1, min(processes, params.members)) if device.type == "cpu" and k == 1 else 1
+    pool = None
     if k > 1:
         log.info("training %d members at a time (stacked)", k)
+    elif n_procs > 1:
+        log.info("training %d members at a time (one process each)", n_procs)
+        pool = MemberProcesses(
+            n_procs, params, x, y, train_idx, val_idx, weights, n_classes, steps_per_epoch,
+            work_dir,
+        )  # fmt: skip
+
+    def epoch_records(epoch: int, pending: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(member, record) of each pending member's epoch, in the chosen mode."""
+        if pool is not None:
+            yield from pool.run_epoch(pending, epoch, should_stop)
+            return
+        for start in range(0, len(pending), k):
+            group = pending[start : start + k]
+            if should_stop is not None and should_stop():
+                raise TrainingStopped(0, 0)
+            if len(group) == 1:
+                records = [
+                    _member_epoch(
+                        params, group[0], epoch, work_dir, device, train_ds, val_loader,
+                        criterion, n_classes, steps_per_epoch, pin, should_stop,
+                    )
+                ]  # fmt: skip
+            else:
+                records = _stacked_epoch(
+                    params, group, epoch, work_dir, device, train_ds, val_loader, criterion,
+                    n_classes, steps_per_epoch, pin, should_stop,
+                )  # fmt: skip
+            yield from zip(group, records, strict=True)
+
     disable = None if show_progress is None else not show_progress
-    with tqdm(
-        total=total, initial=n_done, desc="member-epochs", file=sys.stderr, disable=disable
-    ) as bar:
-        for epoch in range(1, params.epochs + 1):
-            # Epoch-major order keeps every member at epoch - 1 or epoch: the pending ones are
-            # all at epoch - 1 and can be stacked.
-            pending = [i for i in range(params.members) if done[i] < epoch]
-            for start in range(0, len(pending), k):
-                group = pending[start : start + k]
-                if should_stop is not None and should_stop():
+    try:
+        with tqdm(
+            total=total, initial=n_done, desc="member-epochs", file=sys.stderr, disable=disable
+        ) as bar:
+            for epoch in range(1, params.epochs + 1):
+                # Epoch-major order keeps every member at epoch - 1 or epoch: the pending ones
+                # are all at epoch - 1 and can be trained together.
+                pending = [i for i in range(params.members) if done[i] < epoch]
+                if pending and should_stop is not None and should_stop():
                     raise TrainingStopped(n_done, total)
                 try:
-                    if len(group) == 1:
-                        records = [
-                            _member_epoch(
-                                params, group[0], epoch, work_dir, device, train_ds,
-                                val_loader, criterion, n_classes, steps_per_epoch, pin,
-                                should_stop,
-                            )
-                        ]  # fmt: skip
-                    else:
-                        records = _stacked_epoch(
-                            params, group, epoch, work_dir, device, train_ds, val_loader,
-                            criterion, n_classes, steps_per_epoch, pin, should_stop,
-                        )  # fmt: skip
+                    for i, record in epoch_records(epoch, pending):
+                        done[i] = epoch
+                        n_done += 1
+                        bar.update(1)
+                        record.update(epochs=params.epochs, members=params.members)
+                        record["fraction_done"] = n_done / total
+                        log.info(
+                            "member %d epoch %d/%d: train loss %.4f, val acc %s",
+                            i,
+                            epoch,
+                            params.epochs,
+                            record["train_loss"],
+                            record["val_acc"],
+                        )
+                        if progress is not None:
+                            progress(record)
                 except TrainingStopped:
                     raise TrainingStopped(n_done, total) from None
-                for i, record in zip(group, records, strict=True):
-                    done[i] = epoch
-                    n_done += 1
-                    bar.update(1)
-                    record.update(epochs=params.epochs, members=params.members)
-                    record["fraction_done"] = n_done / total
-                    log.info(
-                        "member %d epoch %d/%d: train loss %.4f, val acc %s",
-                        i,
-                        epoch,
-                        params.epochs,
-                        record["train_loss"],
-                        record["val_acc"],
-                    )
-                    if progress is not None:
-                        progress(record)
+    finally:
+        if pool is not None:
+            pool.close()
     return _finish(params, work_dir, device, classes, weights, val_loader, train_idx, y, meta)
 
 
@@ -357,6 +386,12 @@ def default_stack(device: str | torch.device, members: int) -> int:
     (one batch of 32 snippets leaves a card mostly idle), one at a time on the CPU, where the
     stacked convolutions are no faster (bench ``training``, docs/BENCHMARKS.md)."""
     return members if torch.device(device).type == "cuda" else 1
+
+
+def default_processes() -> int:
+    """Parallel member processes when the caller does not say: one per core (used only on the
+    CPU and when not stacking; bench ``training``, docs/BENCHMARKS.md)."""
+    return os.cpu_count() or 1
 
 
 def _load_member(

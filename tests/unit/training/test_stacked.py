@@ -143,3 +143,36 @@ def test_stacked_and_sequential_checkpoints_resume_each_other(
 def test_default_stack_is_all_members_on_cuda_one_on_cpu() -> None:
     assert default_stack("cpu", 20) == 1
     assert default_stack("cuda", 20) == 20
+
+
+def test_members_in_parallel_processes_match_sequential(
+    sequential: tuple[Path, Any], tmp_path: Path
+) -> None:
+    """training/parallel.py runs the sequential member-epoch in spawned 1-thread processes: the
+    same weights (up to the rounding of another thread count), and its features file is gone."""
+    seq_work, seq = sequential
+    x, y, g = _task()
+    records: list[dict] = []
+    par = run(TINY, x, y, g, CLASSES, tmp_path, processes=2, progress=records.append)
+    assert sorted((r["epoch"], r["member"]) for r in records) == [
+        (e, m) for e in (1, 2) for m in range(3)
+    ]
+    assert [r["epoch"] for r in records] == sorted(r["epoch"] for r in records)  # epoch-major
+    for a, b in zip(_weights(seq_work, 3), _weights(tmp_path, 3), strict=True):
+        assert _max_diff(a["model"], b["model"]) < 1e-3
+        assert a["scheduler"] == b["scheduler"]
+    assert par.member_val_acc == pytest.approx(seq.member_val_acc, abs=0.1)
+    assert not (tmp_path / "features.npy").exists()
+
+
+def test_parallel_processes_stop_and_resume(sequential: tuple[Path, Any], tmp_path: Path) -> None:
+    seq_work, _ = sequential
+    x, y, g = _task()
+    seen: list[dict] = []
+    with pytest.raises(Exception, match="stopped"):  # stop once the first member-epoch is in
+        run(TINY, x, y, g, CLASSES, tmp_path, processes=2, progress=seen.append,
+            should_stop=lambda: bool(seen))  # fmt: skip
+    assert 1 <= len(seen) < 6
+    run(TINY, x, y, g, CLASSES, tmp_path, processes=2)
+    for a, b in zip(_weights(seq_work, 3), _weights(tmp_path, 3), strict=True):
+        assert b["epoch"] == 2 and _max_diff(a["model"], b["model"]) < 1e-3
