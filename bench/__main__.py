@@ -26,6 +26,7 @@ CASES: dict[str, str | None] = {
     "loading": "bench.loading",
     "training": "bench.training",
     "spleeter_frames": "bench.spleeter_frames",
+    "member_forward": "bench.member_forward",
 }
 
 
