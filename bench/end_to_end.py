@@ -116,6 +116,20 @@ def _embedded_one_thread(
         engine.dispose()
 
 
+def _embedded_frames(
+    data_dir: Path, paths: list[Path], members: int, arch: str, frames: int
+) -> dict[str, Any]:
+    """The embedded run again with another Spleeter segment length (SCORER_SPLEETER_FRAMES):
+    another front end, so not like for like; bench spleeter_frames measures what it changes."""
+    settings = fixtures.embedded_settings(data_dir).model_copy(update={"spleeter_frames": frames})
+    engine = fixtures.sqlite_engine(settings)
+    try:
+        fixtures.register_model(engine, settings, "m", members, arch, seed=3)
+        return embedded_run.run(settings, engine, paths)
+    finally:
+        engine.dispose()
+
+
 def run(quick: bool) -> dict[str, Any]:
     """Both paths over the same N files, each on its own fresh SQLite file, same weights."""
     n, members, arch = SIZES[quick]
@@ -140,6 +154,7 @@ def run(quick: bool) -> dict[str, Any]:
             emb = embedded_run.run(settings, engine, paths)
             emb_probs = _embedded_probs(engine, mv_id)
             one = _embedded_one_thread(Path(tmp) / "scorer_t1", paths, members, arch)
+            t256 = _embedded_frames(Path(tmp) / "scorer_T256", paths, members, arch, 256)
         finally:
             engine.dispose()
             naive_engine.dispose()
@@ -158,6 +173,9 @@ def run(quick: bool) -> dict[str, Any]:
         {"path": "scorer embedded, 1 thread", "wall_s": round(one["wall_s"], 2),
          "cpu_s": round(one["cpu_s"], 2), "snippets_per_s": round(n / one["wall_s"], 3),
          **one["breakdown"]},
+        {"path": "scorer embedded, T = 256", "wall_s": round(t256["wall_s"], 2),
+         "cpu_s": round(t256["cpu_s"], 2), "snippets_per_s": round(n / t256["wall_s"], 3),
+         **t256["breakdown"]},
     ]  # fmt: skip
     return {
         "config": {"snippets": n, "members": members, "arch": arch, "target": ">= 10x",
@@ -165,11 +183,13 @@ def run(quick: bool) -> dict[str, Any]:
         "rows": rows,
         "ratios": {"embedded_vs_naive": ratio, "embedded_vs_naive_cpu": speedup(
             naive_cpu, emb["cpu_s"]), "embedded_1_thread_vs_naive": speedup(
-            naive_s, one["wall_s"])},
+            naive_s, one["wall_s"]), "embedded_T256_vs_naive_T512": speedup(
+            naive_s, t256["wall_s"])},
         "notes": [
             f"target >= 10x: {'met' if ratio >= 10 else 'NOT met'} ({ratio}x)",
             f"file probabilities, naive vs scorer: max abs diff {diff:.2e}",
             "naive model_loading includes its Spleeter build, once per file",
             "'1 thread' = the same embedded run with SCORER_TORCH_THREADS=1 (fresh database)",
+            "'T = 256' = SCORER_SPLEETER_FRAMES=256, another front end (not like for like)",
         ],
     }  # fmt: skip

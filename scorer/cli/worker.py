@@ -55,12 +55,20 @@ def worker_cpu(ctx: click.Context, concurrency: int | None, loglevel: str) -> No
 
 
 @worker_group.command("gpu")
+@click.option(
+    "--preprocess",
+    "also_preprocess",
+    is_flag=True,
+    help="Also take preprocessing tasks, separating on this worker's device (the GPU): for "
+    "hosts whose CPUs are too few for the GPU's pace.",
+)
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.pass_context
-def worker_gpu(ctx: click.Context, loglevel: str) -> None:
+def worker_gpu(ctx: click.Context, also_preprocess: bool, loglevel: str) -> None:
     """Inference: batches of up to SCORER_INFER_BATCH snippets (or what arrived within
     SCORER_BATCH_FLUSH_MS), one ensemble forward each. Solo pool: CUDA never in a forked child.
-    Uses the GPU when there is one, else the CPU."""
+    Uses the GPU when there is one, else the CPU. With --preprocess it also decodes, separates
+    and featurises, one snippet per task, in between batches."""
     settings, app = _celery(ctx)
     task = app.tasks["scorer.infer"]
     task.flush_every = settings.infer_batch
@@ -70,8 +78,9 @@ def worker_gpu(ctx: click.Context, loglevel: str) -> None:
     configure_threads(settings)
     # Prefetch must exceed the batch size, or a batch could never fill. Prefetched messages are
     # unacknowledged (acks_late): if this worker dies they are delivered again.
+    queues = "infer,preprocess" if also_preprocess else "infer"
     app.worker_main(
-        ["worker", "-Q", "infer", "-P", "solo", "-n", "gpu@%h",
+        ["worker", "-Q", queues, "-P", "solo", "-n", "gpu@%h",
          "--prefetch-multiplier", str(2 * settings.infer_batch), f"--loglevel={loglevel}"]
     )  # fmt: skip
 

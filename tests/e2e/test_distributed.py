@@ -307,3 +307,21 @@ def _job(engine) -> TrainingJob:  # type: ignore[no-untyped-def]
         job = s.scalars(select(TrainingJob).order_by(TrainingJob.id.desc())).first()
         assert job is not None
         return job
+
+
+def test_gpu_worker_can_preprocess_too(cluster: dict) -> None:
+    """`scorer worker gpu --preprocess` alone (no CPU worker) takes snippets from bytes to
+    predictions: separation on its own device (the CPU here, the GPU in production)."""
+    tmp, engine, workers = cluster["tmp"], cluster["engine"], cluster["workers"]
+    run = CliRunner().invoke
+    generate_dataset(tmp / "train", n_per_class=2, seed=3, test_fraction=0.0)
+    args = ["train", "--data", str(tmp / "train" / "train"), "--members", "1", "--epochs", "1",
+            "--arch", "resnet10"]  # fmt: skip
+    result = run(main, args, obj=cluster["embedded"])
+    assert result.exit_code == 0, result.output
+    generate_dataset(tmp / "lib", n_per_class=2, seed=4, test_fraction=0.0)
+    workers.start("gpu", "--preprocess", "--loglevel", "WARNING")
+    result = run(main, ["enqueue", str(tmp / "lib")], obj=cluster["distributed"])
+    assert result.exit_code == 0, result.output
+    c = counts(engine)
+    assert c == {"scored": 8, "preprocessed": 8}, c  # the training snippets are not enqueued
