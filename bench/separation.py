@@ -38,17 +38,20 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
     x = list(np.load(spec["clips"]))
     base_rss = rss_mb("VmHWM") or peak_rss_mb()
-    sep, load_s, _ = once(lambda: spleeter.load_separator("cpu", spec["frames"]))
+    dev = spec.get("device", "cpu")
+    sync = torch.cuda.synchronize if dev == "cuda" else None
+    sep, load_s, _ = once(lambda: spleeter.load_separator(dev, spec["frames"]))
     loaded_rss = rss_mb("VmHWM") or peak_rss_mb()
-    spleeter.separate_vocals(sep, x[:1], "cpu", max_batch=1)  # warm-up: first-call allocations
+    spleeter.separate_vocals(sep, x[:1], dev, max_batch=1)  # warm-up: first-call allocations
     resting = rss_mb("VmRSS")
     # VmHWM, not getrusage: ru_maxrss survives exec and would report the parent's peak.
     process_peak = rss_mb("VmHWM") or peak_rss_mb()
     reset = reset_peak_rss()
     t = measure(
-        lambda: spleeter.separate_vocals(sep, x, "cpu", max_batch=spec["batch"]),
+        lambda: spleeter.separate_vocals(sep, x, dev, max_batch=spec["batch"]),
         repeat=spec["repeat"],
         warmup=0,
+        sync=sync,
     )
     return {
         "load_s": round(load_s, 3),
@@ -59,6 +62,12 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         "rss_resting_mb": resting,
         "separation_peak_mb": rss_mb("VmHWM") if reset else None,
     }
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _extra(peak: float | None, resting: float | None) -> float | None:
@@ -72,8 +81,12 @@ def run(quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-sep-") as tmp:
         path = Path(tmp) / "clips.npy"
         np.save(path, np.stack(fixtures.clips(n, seed=0)))
-        for name, frames, batch, threads in CONFIGS:
-            spec = {"clips": str(path), "frames": frames, "batch": batch, "threads": threads}
+        configs = [(*c, "cpu") for c in CONFIGS]
+        if _cuda():
+            configs += [(f"cuda_T512_b{b}", 512, b, 1, "cuda") for b in (1, 8, 32)]
+        for name, frames, batch, threads, device in configs:
+            spec = {"clips": str(path), "frames": frames, "batch": batch, "threads": threads,
+                    "device": device}  # fmt: skip
             spec["repeat"] = repeat
             proc = subprocess.run(
                 [sys.executable, "-m", "bench.separation", json.dumps(spec)],
@@ -88,6 +101,7 @@ def run(quick: bool) -> dict[str, Any]:
             rows.append(
                 {
                     "config": name,
+                    "device": device,
                     "T": frames,
                     "max_batch": batch,
                     "threads": threads,
@@ -108,6 +122,11 @@ def run(quick: bool) -> dict[str, Any]:
         return speedup(by[base][key], by[cand][key])
 
     per_core = "snippets_per_s_per_core"
+    gpu = {
+        f"cuda_b{b}_vs_cpu_1_core": ratio("T512_b1_t1", f"cuda_T512_b{b}")
+        for b in (1, 8, 32)
+        if f"cuda_T512_b{b}" in by
+    }
     return {
         "config": {"clips": n, "clip": "3 s stereo 44.1 kHz (pipeline/synth.py, seed 0)"},
         "rows": rows,
@@ -120,6 +139,7 @@ def run(quick: bool) -> dict[str, Any]:
             ),
             "T256_vs_T512": ratio("T512_b1_t1", "T256_b1_t1"),
             "T256_vs_T512_cpu": ratio("T512_b1_t1", "T256_b1_t1", "cpu_s_per_clip"),
+            **gpu,
         },
         "notes": [
             "speed-ups are on wall time per clip (best of runs); *_cpu on CPU time",
