@@ -122,7 +122,8 @@ def run(quick: bool) -> dict[str, Any]:
                 f"max abs weight difference, {n} vs one at a time: {d:.2e}"
                 for n, d in diffs.items()
             ),
-            "auto: all members stacked on CUDA; on the CPU one process per core",
+            "defaults: all members stacked on CUDA; on the CPU one at a time "
+            "(SCORER_TRAIN_PROCESSES=1)",
             "the processes row includes spawning them (~3 s of imports each)",
         ],
     }

@@ -1,9 +1,13 @@
-"""Members trained in parallel processes, for the CPU.
+"""Members trained in parallel processes, for the CPU (``SCORER_TRAIN_PROCESSES``, off by default).
 
-Why: on the CPU, stacking members (training/stacked.py) is slower than one at a time (grouped
-convolutions), and one process with N torch threads scales poorly (OpenMP threads spin-wait,
-small per-layer work). N processes of one thread each, one member each, keep every core busy
-on independent work. Each process runs exactly ``training.train._member_epoch`` — the same
+Why it exists: on the CPU, stacking members (training/stacked.py) is slower than one at a time
+(grouped convolutions), and one process with many torch threads can scale poorly (many cores,
+or a machine shared with other work, where OpenMP threads spin-wait). N processes of one thread
+each, one member each, keep every core on independent work. Why it is off by default: on 2 idle
+cores one member with 2 threads was faster (bench ``training``: 0.85x for 2 processes,
+docs/BENCHMARKS.md); measure on your machine before switching it on.
+
+Each process runs exactly ``training.train._member_epoch`` — the same
 seeds, draws and checkpoints as the sequential path — so the result is the sequential result up
 to the float rounding of a different thread count, and a run can be resumed in either mode.
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -386,12 +385,6 @@ def default_stack(device: str | torch.device, members: int) -> int:
     (one batch of 32 snippets leaves a card mostly idle), one at a time on the CPU, where the
     stacked convolutions are no faster (bench ``training``, docs/BENCHMARKS.md)."""
     return members if torch.device(device).type == "cuda" else 1
-
-
-def default_processes() -> int:
-    """Parallel member processes when the caller does not say: one per core (used only on the
-    CPU and when not stacking; bench ``training``, docs/BENCHMARKS.md)."""
-    return os.cpu_count() or 1
 
 
 def _load_member(

@@ -174,7 +174,7 @@ def run_job(
 ) -> ModelVersion:
     """Train the claimed job `job_id` to the end (resuming from its checkpoints) and register
     the result as a model version, activated unless the job says otherwise."""
-    from training.train import TrainingStopped, TrainParams, default_processes, run
+    from training.train import TrainingStopped, TrainParams, run
 
     sessions = make_sessionmaker(engine)
     with sessions() as s:
@@ -198,7 +198,7 @@ def run_job(
             train_params, x, y, groups, classes, work_dir, device=rt.device,
             progress=heart.beat, should_stop=heart.should_stop, meta=meta,
             show_progress=show_progress, stack=rt.settings.train_stack or None,
-            processes=rt.settings.train_processes or default_processes(),
+            processes=rt.settings.train_processes,
         )  # fmt: skip
     except TrainingStopped:
         with sessions.begin() as s:
