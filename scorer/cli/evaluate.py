@@ -365,6 +365,11 @@ def summarize(
     curve = accuracy_vs_members(
         member_proba, y_true, member_counts(member_proba.shape[0]), combine=verdicts
     )
+
+    def prefix_f1(k: int) -> float:  # the first k members' macro-F1, like the accuracy curve
+        pred = verdicts(member_proba[:k].mean(axis=0)).argmax(axis=1)
+        return macro_f1(y_true, pred, n_classes)
+
     return {
         "classes": classes,
         "files": len(counts),
@@ -382,7 +387,9 @@ def summarize(
             for i, c in enumerate(classes)
         ],
         "confusion_matrix": cm.tolist(),
-        "accuracy_vs_members": [{"members": k, "accuracy": a} for k, a in curve],
+        "accuracy_vs_members": [
+            {"members": k, "accuracy": a, "macro_f1": prefix_f1(k)} for k, a in curve
+        ],
         # each member alone: the ensemble's gain is measured against the best of these
         "member_accuracy": [accuracy(y_true, verdicts(p).argmax(axis=1)) for p in member_proba],
         "calibration": {
@@ -482,8 +489,11 @@ def format_report(r: dict[str, Any]) -> str:
     lines.append(" " * w + "".join(f" {c:>{w}}" for c in classes))
     for c, row in zip(classes, r["confusion_matrix"], strict=True):
         lines.append(f"{c:<{w}}" + "".join(f" {n:>{w}d}" for n in row))
-    lines += ["", "members  accuracy"]
-    lines += [f"{p['members']:7d}  {_num(p['accuracy'])}" for p in r["accuracy_vs_members"]]
+    lines += ["", "members  accuracy  macro-F1"]
+    lines += [
+        f"{p['members']:7d}  {_num(p['accuracy'])}    {_num(p['macro_f1'])}"
+        for p in r["accuracy_vs_members"]
+    ]
     single = r["member_accuracy"]
     best = int(np.argmax(single))
     lines.append(

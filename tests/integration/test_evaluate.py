@@ -80,6 +80,7 @@ def check_consistent(report: dict) -> None:
     curve = report["accuracy_vs_members"]
     assert [p["members"] for p in curve] == [1, 2]  # capped at the 2 members, ends with all
     assert curve[-1]["accuracy"] == pytest.approx(report["accuracy"])
+    assert curve[-1]["macro_f1"] == pytest.approx(report["macro_f1"])
     assert len(report["member_accuracy"]) == 2
     assert curve[0]["accuracy"] == pytest.approx(report["member_accuracy"][0])  # first k = 1
     cal = report["calibration"]
@@ -227,5 +228,6 @@ def test_windows_are_combined_by_the_documented_rule() -> None:
     assert mw["files"] == 1 and mw["windows"] == 5
     assert mw["window_accuracy"] == pytest.approx(2 / 5)
     assert mw["file_accuracy_by_rule"] == {"voiced_mean": 1.0, "mean": 0.0, "majority_vote": 0.0}
-    assert report["accuracy_vs_members"] == [{"members": 1, "accuracy": 1.0},
-                                             {"members": 2, "accuracy": 1.0}]  # fmt: skip
+    assert report["accuracy_vs_members"] == [
+        {"members": k, "accuracy": 1.0, "macro_f1": 1.0} for k in (1, 2)
+    ]
