@@ -75,9 +75,13 @@ def main(argv: list[str] | None = None) -> int:
             f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
             f"({m['torch_threads']} threads), cuda {m['cuda']}, load {m['load_average']}"
         )
+    import torch
+
+    threads = torch.get_num_threads()
     for name in selected:
         module = CASES[name]
         start = time.perf_counter()
+        torch.set_num_threads(threads)  # a case that changed it must not change the next one's
         if module is None:
             result: dict[str, Any] = {"status": "not implemented yet"}
         else:

@@ -53,7 +53,15 @@ def _mel_diff(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 def compare(audios: list[Audio], frames: tuple[int, ...] = FRAMES) -> dict[str, Any]:
     """Time, SDR and feature drift of each T against the first (the baseline), same clips."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        return _compare(audios, frames)
+    finally:
+        torch.set_num_threads(threads)  # the cases after this one run with the usual threads
+
+
+def _compare(audios: list[Audio], frames: tuple[int, ...]) -> dict[str, Any]:
     x = [spleeter_input(a) for a in audios]
     rows, vocals, feats, secs = [], {}, {}, {}
     for t in frames:
