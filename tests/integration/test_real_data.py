@@ -6,6 +6,7 @@ Skips cleanly when the data set is absent (it is research-only and never copied 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,16 @@ def test_real_singing_is_scored_through_spleeter(
             .where(Prediction.sha256.in_(test_shas), Prediction.window_index == FILE_WINDOW)
         )
         assert n_verdicts == len(files)
+    # the same held-out singers through `scorer evaluate` (cached features: no Spleeter again)
+    # and the version in `scorer models`
+    result = run(main, ["evaluate", "--labels", str(test_csv), "--json"], obj=settings)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["files"] == len(files) and not report["includes_training_data"]
+    assert 0.0 <= report["accuracy"] <= 1.0 and len(report["member_accuracy"]) == 2
+    assert sum(map(sum, report["confusion_matrix"])) == len(files)
+    assert [p["members"] for p in report["accuracy_vs_members"]] == [1, 2]
+    result = run(main, ["models", "--json"], obj=settings)
+    assert result.exit_code == 0, result.output
+    (model,) = json.loads(result.stdout)
+    assert model["active"] and model["members"] == 2 and 0.0 <= model["val_accuracy"] <= 1.0
