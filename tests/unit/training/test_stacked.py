@@ -36,9 +36,20 @@ def _weights(work: Path, members: int) -> list[dict[str, Any]]:
     return [torch.load(work / f"member_{i:02d}.pt", weights_only=True) for i in range(members)]
 
 
-def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+def _rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Worst relative L2 distance over the state's float tensors. Relative, because AdamW and the
+    BatchNorm running statistics amplify rounding in proportion to a tensor's scale (bn1's running
+    mean follows log-mel inputs of tens of dB), so an absolute bound holds on one CPU and not on the
+    next. Same recipe on other rounding: ~1e-3 here; another seed: ~1.5."""
     assert a.keys() == b.keys()
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+    return max(
+        float((a[k].double() - b[k].double()).norm() / a[k].double().norm().clamp_min(1e-12))
+        for k in a
+        if a[k].is_floating_point()
+    )
+
+
+ROUNDING = 0.05  # bound of _rel_diff for "the same training up to float rounding"
 
 
 @pytest.fixture(scope="module")
@@ -99,18 +110,18 @@ def test_stacked_run_matches_sequential_up_to_rounding(
     x, y, g = _task()
     st = run(TINY, x, y, g, CLASSES, tmp_path, stack=3)
     for a, b in zip(_weights(seq_work, 3), _weights(tmp_path, 3), strict=True):
-        assert _max_diff(a["model"], b["model"]) < 1e-3
+        assert _rel_diff(a["model"], b["model"]) < ROUNDING
         assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
         assert a["scheduler"] == b["scheduler"]
         assert [r["epoch"] for r in a["history"]] == [r["epoch"] for r in b["history"]]
         for ra, rb in zip(a["history"], b["history"], strict=True):
-            assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-3)
+            assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-2)
     assert st.member_val_acc == pytest.approx(seq.member_val_acc, abs=0.1)
     # and it is not trivially equal because nothing trained: the weights moved from epoch 1
     torch.manual_seed(0)
     assert (
-        _max_diff(_weights(tmp_path, 1)[0]["model"], build_member(3, "resnet10").state_dict())
-        > 1e-2
+        _rel_diff(_weights(tmp_path, 1)[0]["model"], build_member(3, "resnet10").state_dict())
+        > 20 * ROUNDING
     )
 
 
@@ -137,7 +148,7 @@ def test_stacked_and_sequential_checkpoints_resume_each_other(
     run(one_epoch, x, y, g, CLASSES, tmp_path, stack=2)
     for a, b in zip(_weights(seq_work, 3), _weights(tmp_path, 3), strict=True):
         assert b["epoch"] == 2
-        assert _max_diff(a["model"], b["model"]) < 1e-3
+        assert _rel_diff(a["model"], b["model"]) < ROUNDING
 
 
 def test_default_stack_is_all_members_on_cuda_one_on_cpu() -> None:
@@ -159,7 +170,7 @@ def test_members_in_parallel_processes_match_sequential(
     ]
     assert [r["epoch"] for r in records] == sorted(r["epoch"] for r in records)  # epoch-major
     for a, b in zip(_weights(seq_work, 3), _weights(tmp_path, 3), strict=True):
-        assert _max_diff(a["model"], b["model"]) < 1e-3
+        assert _rel_diff(a["model"], b["model"]) < ROUNDING
         assert a["scheduler"] == b["scheduler"]
     assert par.member_val_acc == pytest.approx(seq.member_val_acc, abs=0.1)
     assert not (tmp_path / "features.npy").exists()
@@ -175,4 +186,4 @@ def test_parallel_processes_stop_and_resume(sequential: tuple[Path, Any], tmp_pa
     assert 1 <= len(seen) < 6
     run(TINY, x, y, g, CLASSES, tmp_path, processes=2)
     for a, b in zip(_weights(seq_work, 3), _weights(tmp_path, 3), strict=True):
-        assert b["epoch"] == 2 and _max_diff(a["model"], b["model"]) < 1e-3
+        assert b["epoch"] == 2 and _rel_diff(a["model"], b["model"]) < ROUNDING
