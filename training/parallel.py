@@ -37,15 +37,16 @@ def _init(ctx: dict[str, Any], stop: Any) -> None:
     import torch
 
     from training.data import FeatureDataset
-    from training.train import EVAL_BATCH, make_criterion
+    from training.train import EVAL_BATCH, EpochRun, make_criterion
 
     torch.set_num_threads(ctx["threads"])
     x = np.load(ctx["features"], mmap_mode="r")
     y = np.asarray(ctx["y"], dtype=np.int64)
     params = ctx["params"]
-    _child.update(
+    _child["run"] = EpochRun(
         params=params,
         work_dir=Path(ctx["work_dir"]),
+        device=torch.device("cpu"),
         train_ds=FeatureDataset(x, y, np.asarray(ctx["train_idx"], dtype=np.int64)),
         val_loader=torch.utils.data.DataLoader(
             FeatureDataset(x, y, np.asarray(ctx["val_idx"], dtype=np.int64)),
@@ -54,21 +55,14 @@ def _init(ctx: dict[str, Any], stop: Any) -> None:
         criterion=make_criterion(np.asarray(ctx["weights"]), params),
         n_classes=ctx["n_classes"],
         steps_per_epoch=ctx["steps_per_epoch"],
-        stop=stop,
+        should_stop=stop.is_set,
     )
 
 
 def _member_epoch(i: int, epoch: int) -> dict[str, Any]:
-    import torch
-
     from training.train import _member_epoch as one
 
-    c = _child
-    return one(
-        c["params"], i, epoch, c["work_dir"], torch.device("cpu"), c["train_ds"],
-        c["val_loader"], c["criterion"], c["n_classes"], c["steps_per_epoch"], False,
-        c["stop"].is_set,
-    )  # fmt: skip
+    return one(_child["run"], i, epoch)
 
 
 class MemberProcesses:

@@ -290,11 +290,20 @@ def run(
     check_or_write_params(work_dir, params, data_fingerprint(x, y, groups, classes))
 
     weights = class_weights(y[train_idx], n_classes)
-    criterion = make_criterion(weights, params, device)
     pin = device.type == "cuda"
-    train_ds = FeatureDataset(x, y, train_idx)
     val_loader = DataLoader(FeatureDataset(x, y, val_idx), batch_size=EVAL_BATCH, pin_memory=pin)
     steps_per_epoch = math.ceil(len(train_idx) / params.batch_size)
+    shared = EpochRun(
+        params=params,
+        work_dir=work_dir,
+        device=device,
+        train_ds=FeatureDataset(x, y, train_idx),
+        val_loader=val_loader,
+        criterion=make_criterion(weights, params, device),
+        n_classes=n_classes,
+        steps_per_epoch=steps_per_epoch,
+        should_stop=should_stop,
+    )
     log.info(
         "training %d x %s on %d samples (%d validation, %d dropped), %d steps/epoch, %s",
         params.members,
@@ -331,17 +340,9 @@ def run(
             if should_stop is not None and should_stop():
                 raise TrainingStopped(0, 0)
             if len(group) == 1:
-                records = [
-                    _member_epoch(
-                        params, group[0], epoch, work_dir, device, train_ds, val_loader,
-                        criterion, n_classes, steps_per_epoch, pin, should_stop,
-                    )
-                ]  # fmt: skip
+                records = [_member_epoch(shared, group[0], epoch)]
             else:
-                records = _stacked_epoch(
-                    params, group, epoch, work_dir, device, train_ds, val_loader, criterion,
-                    n_classes, steps_per_epoch, pin, should_stop,
-                )  # fmt: skip
+                records = _stacked_epoch(shared, group, epoch)
             yield from zip(group, records, strict=True)
 
     disable = None if show_progress is None else not show_progress
@@ -387,25 +388,41 @@ def default_stack(device: str | torch.device, members: int) -> int:
     return members if torch.device(device).type == "cuda" else 1
 
 
+@dataclass(frozen=True)
+class EpochRun:
+    """What every member-epoch of one run shares, built once by ``run`` (or by each training
+    process, training/parallel.py) and passed whole: the one-member, stacked and parallel paths
+    take the same inputs and cannot drift apart."""
+
+    params: TrainParams
+    work_dir: Path
+    device: torch.device
+    train_ds: FeatureDataset
+    val_loader: DataLoader
+    criterion: nn.Module
+    n_classes: int
+    steps_per_epoch: int
+    should_stop: Callable[[], bool] | None = None
+
+    @property
+    def pin(self) -> bool:
+        return self.device.type == "cuda"
+
+
 def _load_member(
-    params: TrainParams,
-    i: int,
-    epoch: int,
-    work_dir: Path,
-    device: torch.device,
-    n_classes: int,
-    steps_per_epoch: int,
+    r: EpochRun, i: int, epoch: int
 ) -> tuple[nn.Module, AdamW, LRScheduler, list[dict[str, Any]]]:
     """Member i as it is before its epoch ``epoch``: fresh (seeded) for epoch 1, else from its
     checkpoint; with its optimizer, scheduler and history."""
+    params = r.params
     if epoch == 1:
         torch.manual_seed(member_seeds(params.seed, i, 0)[0])
-    model = build_member(n_classes, params.arch).to(device)
+    model = build_member(r.n_classes, params.arch).to(r.device)
     optimizer = make_optimizer(model, params)
-    scheduler = make_scheduler(optimizer, params.epochs, steps_per_epoch)
+    scheduler = make_scheduler(optimizer, params.epochs, r.steps_per_epoch)
     history: list[dict[str, Any]] = []
     if epoch > 1:
-        ckpt = load_checkpoint(work_dir, i, device)
+        ckpt = load_checkpoint(r.work_dir, i, r.device)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -413,34 +430,29 @@ def _load_member(
     return model, optimizer, scheduler, history
 
 
-def _epoch_loader(
-    params: TrainParams, train_ds: FeatureDataset, shuffle_seed: int, pin: bool
-) -> DataLoader:
+def _epoch_loader(r: EpochRun, shuffle_seed: int) -> DataLoader:
     return DataLoader(
-        train_ds,
-        batch_size=params.batch_size,
+        r.train_ds,
+        batch_size=r.params.batch_size,
         shuffle=True,
         generator=torch.Generator().manual_seed(shuffle_seed),
-        pin_memory=pin,
+        pin_memory=r.pin,
     )
 
 
 def _save_member(
-    params: TrainParams,
+    r: EpochRun,
     i: int,
     epoch: int,
-    work_dir: Path,
-    device: torch.device,
     model: nn.Module,
     optimizer_state: dict[str, Any],
     scheduler_state: dict[str, Any],
     lr: float,
     history: list[dict[str, Any]],
     train_loss: float,
-    val_loader: DataLoader,
 ) -> dict[str, Any]:
     """Validate member i after its epoch and checkpoint it (atomic); returns the epoch record."""
-    ev = evaluate(model, val_loader, device, params.normalize)
+    ev = evaluate(model, r.val_loader, r.device, r.params.normalize)
     record = {
         "member": i,
         "epoch": epoch,
@@ -458,92 +470,63 @@ def _save_member(
             "epoch": epoch,
             "member": i,
             "history": history,
-            "params": params.to_dict(),
+            "params": r.params.to_dict(),
         },
-        checkpoint_path(work_dir, i),
+        checkpoint_path(r.work_dir, i),
     )
     return dict(record)
 
 
-def _member_epoch(
-    params: TrainParams,
-    i: int,
-    epoch: int,
-    work_dir: Path,
-    device: torch.device,
-    train_ds: FeatureDataset,
-    val_loader: DataLoader,
-    criterion: nn.Module,
-    n_classes: int,
-    steps_per_epoch: int,
-    pin: bool,
-    should_stop: Callable[[], bool] | None,
-) -> dict[str, Any]:
+def _member_epoch(r: EpochRun, i: int, epoch: int) -> dict[str, Any]:
     """Train member i for its epoch ``epoch`` (1-based) from its checkpoint, then checkpoint it.
 
     The uninterrupted run also reloads from disk, so it takes exactly the path a resumed run
     takes; and only one member's optimizer state is in memory at a time.
     """
-    model, optimizer, scheduler, history = _load_member(
-        params, i, epoch, work_dir, device, n_classes, steps_per_epoch
-    )
+    params = r.params
+    model, optimizer, scheduler, history = _load_member(r, i, epoch)
     dropout_seed, shuffle_seed, mixup_seed = member_seeds(params.seed, i, epoch)
     torch.manual_seed(dropout_seed)  # global RNG: dropout (and CUDA's, on a GPU)
     train_loss = train_one_epoch(
         model,
-        _epoch_loader(params, train_ds, shuffle_seed, pin),
-        criterion,
+        _epoch_loader(r, shuffle_seed),
+        r.criterion,
         optimizer,
         scheduler,
-        device,
+        r.device,
         normalize=params.normalize,
         mixup_alpha=params.mixup_alpha,
         mixup_rng=np.random.default_rng(mixup_seed),
         perm_generator=torch.Generator().manual_seed(mixup_seed),
         augment_cfg=params.augment_config(),
         augment_generator=torch.Generator().manual_seed(augment_seed(params.seed, i, epoch)),
-        should_stop=should_stop,
+        should_stop=r.should_stop,
     )
+    lr = float(optimizer.param_groups[0]["lr"])
     return _save_member(
-        params, i, epoch, work_dir, device, model, optimizer.state_dict(),
-        scheduler.state_dict(), float(optimizer.param_groups[0]["lr"]), history, train_loss,
-        val_loader,
-    )  # fmt: skip
+        r, i, epoch, model, optimizer.state_dict(), scheduler.state_dict(), lr, history, train_loss
+    )
 
 
-def _stacked_epoch(
-    params: TrainParams,
-    group: list[int],
-    epoch: int,
-    work_dir: Path,
-    device: torch.device,
-    train_ds: FeatureDataset,
-    val_loader: DataLoader,
-    criterion: nn.Module,
-    n_classes: int,
-    steps_per_epoch: int,
-    pin: bool,
-    should_stop: Callable[[], bool] | None,
-) -> list[dict[str, Any]]:
+def _stacked_epoch(r: EpochRun, group: list[int], epoch: int) -> list[dict[str, Any]]:
     """``_member_epoch`` for several members at once (training/stacked.py): same seeds, same
     draws, same checkpoints, one batched computation."""
-    loaded = [
-        _load_member(params, i, epoch, work_dir, device, n_classes, steps_per_epoch) for i in group
-    ]
+    params = r.params
+    loaded = [_load_member(r, i, epoch) for i in group]
     stack = StackedMembers([m for m, _, _, _ in loaded])
     optimizer = AdamW(stack.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    scheduler = make_scheduler(optimizer, params.epochs, steps_per_epoch)
+    scheduler = make_scheduler(optimizer, params.epochs, r.steps_per_epoch)
     if epoch > 1:
         optimizer.load_state_dict(stack_optimizer_states([o.state_dict() for _, o, _, _ in loaded]))
         scheduler.load_state_dict(loaded[0][2].state_dict())
     seeds = [member_seeds(params.seed, i, epoch) for i in group]
     losses = train_stacked_epoch(
         stack,
-        [_epoch_loader(params, train_ds, s[1], pin) for s in seeds],
-        criterion,
+        [_epoch_loader(r, s[1]) for s in seeds],
+        r.criterion,
         optimizer,
         scheduler,
-        device,
+        r.device,
         normalize=params.normalize,
         mixup_alpha=params.mixup_alpha,
         mixup_rngs=[np.random.default_rng(s[2]) for s in seeds],
@@ -553,7 +536,7 @@ def _stacked_epoch(
         augment_generators=[
             torch.Generator().manual_seed(augment_seed(params.seed, i, epoch)) for i in group
         ],
-        should_stop=should_stop,
+        should_stop=r.should_stop,
     )
     opt_state = optimizer.state_dict()
     lr = float(optimizer.param_groups[0]["lr"])
@@ -561,10 +544,10 @@ def _stacked_epoch(
     for m, i in enumerate(group):
         model, _, _, history = loaded[m]
         model.load_state_dict(stack.member_state(m))
+        opt_m = member_optimizer_state(opt_state, m)
         record = _save_member(
-            params, i, epoch, work_dir, device, model, member_optimizer_state(opt_state, m),
-            scheduler.state_dict(), lr, history, losses[m], val_loader,
-        )  # fmt: skip
+            r, i, epoch, model, opt_m, scheduler.state_dict(), lr, history, losses[m]
+        )
         records.append(record)
     return records
 
