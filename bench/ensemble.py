@@ -12,7 +12,7 @@ import torch
 
 from bench import fixtures
 from bench.timing import measure, peak_rss_mb, speedup
-from training.ensemble import Ensemble
+from training.ensemble import Ensemble, native_bf16
 
 
 def _inputs(batch: int) -> torch.Tensor:
@@ -22,14 +22,15 @@ def _inputs(batch: int) -> torch.Tensor:
 
 
 def run(quick: bool) -> dict[str, Any]:
-    """Loop vs fused at batch 1, 32 (and 256 where it fits), float32, bf16 autocast on CUDA."""
+    """Loop vs fused at batch 1, 32 (and 256 where it fits), float32, and bf16 autocast where
+    the hardware runs it natively (CUDA, or a CPU with AVX512-BF16/AMX)."""
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     n, arch = (5, "resnet10") if quick else (20, "resnet34")
     batches = [1, 32] if quick else [1, 32, 256]
     members = fixtures.members(n, arch, seed=0)
     sync = torch.cuda.synchronize if cuda else None
-    dtypes = ["float32", "bf16"] if cuda else ["float32"]
+    dtypes = ["float32", "bf16"] if native_bf16(device) else ["float32"]
     rows: list[dict[str, Any]] = []
     ratios: dict[str, float] = {}
     notes: list[str] = []
@@ -70,6 +71,13 @@ def run(quick: bool) -> dict[str, Any]:
             rel = float((logits_l - logits_f).abs().max() / logits_l.abs().max())
             ratio = speedup(timings["loop"].best, timings["fused"].best)
             ratios[f"fused_vs_loop_{dtype}_b{b}"] = ratio
+            if dtype != "float32":
+                fp32_loop = next(
+                    r for r in rows if r["batch"] == b and r["mode"] == "loop"
+                )  # measured in the float32 pass
+                ratios[f"loop_{dtype}_vs_loop_float32_b{b}"] = speedup(
+                    fp32_loop["best_s"], timings["loop"].best
+                )
             for name, t in timings.items():
                 rows.append(
                     {

@@ -1,7 +1,8 @@
 """One member's forward pass: the plain module against the usual speed-ups, same weights, same
 input. Which of channels_last, TorchScript freezing and ``torch.compile`` pays off here decides
-what the ensemble uses on this device (keep only what wins; bf16 autocast only on CUDA, where
-the ensemble already uses it with channels_last)."""
+what the ensemble uses on this device (keep only what wins). bf16 autocast is measured where the
+hardware runs it natively (a GPU, or a CPU with AVX512-BF16/AMX: ``native_bf16``), which is
+where the ensemble uses it by default."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 
 from bench import fixtures
 from bench.timing import measure, speedup
+from training.ensemble import native_bf16
 
 
 def _variants(
@@ -30,11 +32,18 @@ def _variants(
         out["torch_compile"] = (torch.compile(_clone(model)), x)
     if cuda:
 
-        def bf16(inp: torch.Tensor, m: torch.nn.Module = nhwc) -> torch.Tensor:
+        def bf16_nhwc(inp: torch.Tensor, m: torch.nn.Module = nhwc) -> torch.Tensor:
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 return m(inp)
 
-        out["channels_last_bf16"] = (bf16, x.contiguous(memory_format=torch.channels_last))
+        out["channels_last_bf16"] = (bf16_nhwc, x.contiguous(memory_format=torch.channels_last))
+    elif native_bf16("cpu"):
+
+        def bf16(inp: torch.Tensor, m: torch.nn.Module = model) -> torch.Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return m(inp)
+
+        out["bf16"] = (bf16, x)
     return out
 
 
@@ -69,6 +78,7 @@ def run(quick: bool) -> dict[str, Any]:
                     "windows_per_s": round(batch / t.best, 1),
                     "speedup_vs_plain": speedup(base_s, t.best),
                     "max_abs_diff_logits": float((got - want).abs().max()),
+                    "max_rel_diff_logits": float((got - want).abs().max() / want.abs().max()),
                 }
             )
     return {

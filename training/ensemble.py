@@ -64,13 +64,27 @@ def summarize(member_probs: Tensor) -> dict[str, Tensor]:
     }
 
 
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether bf16 convolutions run at full speed on ``device``: any CUDA card, or a CPU with
+    AVX512-BF16 or AMX. Elsewhere bf16 is emulated, slower than float32 (bench ``member_forward``:
+    1.95x faster with native bf16 on a 2-core AMD EPYC, docs/BENCHMARKS.md)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private: may go away
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
 class Ensemble:
     """N members of one architecture, run in eval mode on one device.
 
     ``mode``: "loop", "fused" or "auto" (fused on cuda, loop elsewhere: the measured winner).
-    ``amp``: bf16 autocast; ``channels_last``: NHWC memory format for the loop's convolutions.
-    Both default to on for cuda and are ignored elsewhere (bf16 on CPU is slow and changes the
-    numbers for nothing). Inputs are features (B, 299, 40) or (B, 1, 299, 40), any float dtype.
+    ``amp``: bf16 autocast; None = where the hardware runs bf16 natively (``native_bf16``), and
+    True/False force it. It moves probabilities by ~1e-3 and held-out accuracy not measurably
+    (docs/RESULTS.md). ``channels_last``: NHWC memory format for the loop's convolutions, on cuda
+    only (no gain on CPU). Inputs are features (B, 299, 40) or (B, 1, 299, 40), any float dtype.
     """
 
     def __init__(
@@ -96,7 +110,7 @@ class Ensemble:
         self.mode: Literal["loop", "fused"] = mode
         self.classes = list(classes)
         self.normalize = normalize
-        self.amp = on_cuda if amp is None else (amp and on_cuda)
+        self.amp = native_bf16(self.device) if amp is None else amp
         self.channels_last = on_cuda if channels_last is None else (channels_last and on_cuda)
         self.meta = dict(meta or {})
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format

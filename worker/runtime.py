@@ -83,5 +83,12 @@ class Runtime:
             path = Path(weights_uri)
             if not path.is_absolute():
                 path = self.settings.resolved_model_dir / path
-            self._ensembles[weights_uri] = load_ensemble(path, self.device)
+            amp = {"auto": None, "on": True, "off": False}[self.settings.infer_bf16]
+            ens = load_ensemble(path, self.device, amp=amp)
+            log.info(
+                "ensemble %s: %d members, %s on %s, %s",
+                path.name, ens.n_members, ens.mode, self.device,
+                "bf16 autocast" if ens.amp else "float32",
+            )  # fmt: skip
+            self._ensembles[weights_uri] = ens
         return self._ensembles[weights_uri]

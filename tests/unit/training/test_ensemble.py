@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.ensemble import Ensemble, load_ensemble, save_members, summarize
+from training.ensemble import Ensemble, load_ensemble, native_bf16, save_members, summarize
 from training.model import build_member
 
 torch.set_num_threads(1)
@@ -47,8 +47,8 @@ def members() -> list[torch.nn.Module]:
 def test_fused_equals_loop(members: list[torch.nn.Module], batch: int, normalize: str) -> None:
     torch.manual_seed(batch)
     x = (torch.randn(batch, 299, 40) * 30 - 80).half()
-    loop = Ensemble(members, CLASSES, normalize=normalize, mode="loop")
-    fused = Ensemble(members, CLASSES, normalize=normalize, mode="fused")
+    loop = Ensemble(members, CLASSES, normalize=normalize, mode="loop", amp=False)
+    fused = Ensemble(members, CLASSES, normalize=normalize, mode="fused", amp=False)
     p_loop, p_fused = loop.member_proba(x), fused.member_proba(x)
     assert p_loop.shape == (3, batch, 4)
     torch.testing.assert_close(p_fused, p_loop, atol=1e-5, rtol=0)
@@ -60,7 +60,7 @@ def test_fused_uses_running_stats_not_batch_stats(members: list[torch.nn.Module]
     """In eval mode a snippet's probabilities must not depend on what else is in the batch."""
     torch.manual_seed(0)
     x = torch.randn(5, 1, 299, 40) * 30 - 80
-    fused = Ensemble(members, CLASSES, mode="fused")
+    fused = Ensemble(members, CLASSES, mode="fused", amp=False)
     torch.testing.assert_close(
         fused.predict_proba(x[:1]), fused.predict_proba(x)[:1], atol=1e-5, rtol=0
     )
@@ -68,7 +68,7 @@ def test_fused_uses_running_stats_not_batch_stats(members: list[torch.nn.Module]
 
 def test_predict_proba_is_mean_of_member_softmax(members: list[torch.nn.Module]) -> None:
     x = torch.randn(2, 1, 299, 40) * 30 - 80
-    ens = Ensemble(members, CLASSES)
+    ens = Ensemble(members, CLASSES, amp=False)
     assert ens.mode == "loop"  # auto on CPU
     with torch.no_grad():
         expected = torch.stack([torch.softmax(m(x), 1) for m in members]).mean(0)
@@ -111,10 +111,10 @@ def test_save_load_round_trip(members: list[torch.nn.Module], tmp_path: Path) ->
     stored = json.loads((tmp_path / "meta.json").read_text())
     assert stored["n_members"] == 3 and stored["frontend"] == "fe-1"
 
-    ens = load_ensemble(tmp_path, "cpu")
+    ens = load_ensemble(tmp_path, "cpu", amp=False)
     assert ens.classes == CLASSES and ens.normalize == "per_snippet" and ens.n_members == 3
     x = torch.randn(4, 1, 299, 40) * 30 - 80
-    original = Ensemble(members, CLASSES, normalize="per_snippet")
+    original = Ensemble(members, CLASSES, normalize="per_snippet", amp=False)
     assert torch.equal(ens.member_proba(x), original.member_proba(x))
     for a, b in zip(members, ens.members, strict=True):
         for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
@@ -134,3 +134,35 @@ def test_load_ensemble_missing_dir_says_so(tmp_path: Path) -> None:
 def test_unknown_mode_rejected(members: list[torch.nn.Module]) -> None:
     with pytest.raises(ValueError, match="unknown mode"):
         Ensemble(members, CLASSES, mode="graph")  # type: ignore[arg-type]
+
+
+def test_bf16_is_used_where_the_hardware_runs_it_and_stays_close_to_float32(
+    members: list[torch.nn.Module],
+) -> None:
+    """bf16 autocast (on by default on a GPU or a CPU with AVX512-BF16/AMX, ~2x faster there)
+    runs on any CPU when asked: close to float32, not equal to it, probabilities still sum to 1."""
+    assert native_bf16("cuda") and not native_bf16("meta")
+    assert Ensemble(members, CLASSES).amp == native_bf16("cpu")
+    torch.manual_seed(3)
+    x = torch.randn(6, 1, 299, 40) * 30 - 80
+    f32 = Ensemble(members, CLASSES, normalize="per_snippet", amp=False)
+    bf16 = Ensemble(members, CLASSES, normalize="per_snippet", amp=True)
+    assert not f32.amp and bf16.amp
+    p32, p16 = f32.member_proba(x), bf16.member_proba(x)
+    assert p16.dtype == torch.float32
+    torch.testing.assert_close(p16.sum(-1), torch.ones(3, 6))
+    diff = float((p16 - p32).abs().max())
+    assert 0 < diff < 0.05
+    fused = Ensemble(members, CLASSES, normalize="per_snippet", amp=True, mode="fused")
+    torch.testing.assert_close(fused.member_proba(x), p16, atol=0.05, rtol=0)
+
+
+def test_runtime_reads_infer_bf16(members: list[torch.nn.Module], tmp_path: Path) -> None:
+    from scorer.settings import Settings
+    from worker.runtime import Runtime
+
+    meta = {"classes": CLASSES, "arch": "resnet10", "normalize": "none"}
+    save_members(tmp_path / "m", members, meta)
+    for value, want in (("on", True), ("off", False), ("auto", native_bf16("cpu"))):
+        rt = Runtime(Settings(data_dir=tmp_path, device="cpu", infer_bf16=value))
+        assert rt.ensemble(str(tmp_path / "m")).amp is want
