@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+_TRISTATE: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
+
 
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -66,6 +68,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Members trained at once in one batched computation; 0 = auto "
         "(all on a GPU, one at a time on the CPU).",
+    )
+    train_bf16: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Training forward passes in bfloat16 autocast (weights stay float32); auto = "
+        "on a GPU or a CPU with native bf16 (AVX512-BF16/AMX), ~1.9x faster there.",
     )
     train_processes: int = Field(
         default=1,
@@ -125,6 +132,16 @@ class Settings(BaseSettings):
         ge=1,
         description="`scorer reconcile` re-publishes what has waited longer than this.",
     )
+
+    @property
+    def infer_amp(self) -> bool | None:
+        """``infer_bf16`` as the Ensemble's ``amp``: None = decide from the hardware."""
+        return _TRISTATE[self.infer_bf16]
+
+    @property
+    def train_amp(self) -> bool | None:
+        """``train_bf16`` as training's ``amp``: None = decide from the hardware."""
+        return _TRISTATE[self.train_bf16]
 
     @property
     def resolved_database_url(self) -> str:

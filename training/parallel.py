@@ -56,6 +56,7 @@ def _init(ctx: dict[str, Any], stop: Any) -> None:
         n_classes=ctx["n_classes"],
         steps_per_epoch=ctx["steps_per_epoch"],
         should_stop=stop.is_set,
+        amp=ctx["amp"],
     )
 
 
@@ -80,6 +81,7 @@ class MemberProcesses:
         n_classes: int,
         steps_per_epoch: int,
         work_dir: Path,
+        amp: bool = False,
     ) -> None:
         self.features = Path(work_dir) / FEATURES_FILE
         tmp = self.features.with_suffix(".tmp.npy")
@@ -97,6 +99,7 @@ class MemberProcesses:
             "work_dir": str(work_dir),
             "n_classes": n_classes,
             "steps_per_epoch": steps_per_epoch,
+            "amp": amp,
         }
         mp = multiprocessing.get_context("spawn")
         self._stop = mp.Event()

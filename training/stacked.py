@@ -134,6 +134,7 @@ def train_stacked_epoch(
     augment_cfg: Any,
     augment_generators: list[torch.Generator],
     should_stop: Callable[[], bool] | None = None,
+    amp: bool = False,
 ) -> list[float]:
     """One epoch of every stacked member, each on its own loader; returns each member's mean
     loss. Per member and per batch the draws are made in the sequential path's order."""
@@ -167,7 +168,8 @@ def train_stacked_epoch(
         b = xs[0].shape[0]
         width = stack.params[HEAD_WEIGHT].shape[-1]
         keep = torch.stack([dropout_keep(b, width, g) for g in dropout_generators]).to(device)
-        logits = stack.forward(torch.stack(xs), keep)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = stack.forward(torch.stack(xs), keep).float()
         losses = torch.stack(
             [mixup_loss(criterion, logits[m], ys[m], ybs[m], lams[m]) for m in range(k)]
         )

@@ -43,7 +43,7 @@ from training.checkpoint import (
     load_checkpoint,
 )
 from training.data import FeatureDataset, class_weights, data_fingerprint, group_split
-from training.ensemble import Ensemble, save_members
+from training.ensemble import Ensemble, native_bf16, save_members
 from training.metrics import accuracy, confusion_matrix, macro_f1
 from training.model import N_FRAMES, N_MELS, build_member, prepare_input
 from training.parallel import MemberProcesses
@@ -171,6 +171,7 @@ def train_one_epoch(
     augment_cfg: AugmentConfig | None = None,
     augment_generator: torch.Generator | None = None,
     should_stop: Callable[[], bool] | None = None,
+    amp: bool = False,
 ) -> float:
     """One pass over ``loader`` ((B, 1, 299, 40) features, (B,) labels); returns the mean loss.
 
@@ -179,7 +180,8 @@ def train_one_epoch(
     before input normalisation and Mixup, with draws from ``augment_generator`` (a CPU
     generator). All seeded by the caller so the epoch is reproducible. ``should_stop`` is
     polled before each batch and raises ``TrainingStopped`` (the partial epoch is thrown away by
-    the caller).
+    the caller). ``amp``: the forward pass in bf16 autocast (weights, gradients and AdamW stay
+    float32; bf16 needs no loss scaling).
     """
     model.train()
     mixup_rng = mixup_rng if mixup_rng is not None else np.random.default_rng()
@@ -204,7 +206,9 @@ def train_one_epoch(
             y_b = y[perm]
         else:
             lam, y_b = 1.0, y
-        loss = mixup_loss(criterion, model(x), y, y_b, lam)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        loss = mixup_loss(criterion, logits.float(), y, y_b, lam)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -216,13 +220,19 @@ def train_one_epoch(
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, loader: DataLoader, device: torch.device, normalize: str = "none"
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    normalize: str = "none",
+    amp: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """(N, C) float32 logits and (N,) labels on CPU, in eval mode."""
+    """(N, C) float32 logits and (N,) labels on CPU, in eval mode (bf16 autocast if ``amp``)."""
     model.eval()
     outs, labels = [], []
     for x, y in loader:
-        outs.append(model(prepare_input(x.to(device), normalize)).float().cpu())
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(prepare_input(x.to(device), normalize))
+        outs.append(logits.float().cpu())
         labels.append(y)
     if not outs:
         return torch.empty(0, 0), torch.empty(0, dtype=torch.int64)
@@ -230,10 +240,14 @@ def predict_logits(
 
 
 def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, normalize: str = "none"
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    normalize: str = "none",
+    amp: bool = False,
 ) -> dict[str, float | None]:
     """Accuracy and plain (unweighted) CE of one member; None for both on an empty loader."""
-    logits, y = predict_logits(model, loader, device, normalize)
+    logits, y = predict_logits(model, loader, device, normalize, amp)
     if len(y) == 0:
         return {"acc": None, "loss": None}
     return {
@@ -257,6 +271,7 @@ def run(
     show_progress: bool | None = None,
     stack: int | None = None,
     processes: int = 1,
+    amp: bool | None = None,
 ) -> TrainResult:
     """Train (or resume training) an ensemble on features ``x`` (N, 299, 40) float16.
 
@@ -268,8 +283,10 @@ def run(
     ``show_progress``: tqdm bar on stderr; None = only on a TTY. ``stack``: members trained at
     once in one batched computation (training/stacked.py); None = ``default_stack(device,
     members)``. ``processes``: on the CPU (and unstacked), members trained in parallel, one
-    process each (training/parallel.py). Raises ValueError if work_dir holds a run with other
-    params or other data.
+    process each (training/parallel.py). ``amp``: forward passes in bf16 autocast; None =
+    where the hardware runs bf16 natively (``native_bf16``: a GPU, or a CPU with AVX512-BF16/AMX).
+    It is not part of the params: a run may be resumed with it on or off. Raises ValueError if
+    work_dir holds a run with other params or other data.
     """
     params.validate()
     device = torch.device(device)
@@ -293,6 +310,7 @@ def run(
     pin = device.type == "cuda"
     val_loader = DataLoader(FeatureDataset(x, y, val_idx), batch_size=EVAL_BATCH, pin_memory=pin)
     steps_per_epoch = math.ceil(len(train_idx) / params.batch_size)
+    amp = native_bf16(device) if amp is None else amp
     shared = EpochRun(
         params=params,
         work_dir=work_dir,
@@ -303,9 +321,10 @@ def run(
         n_classes=n_classes,
         steps_per_epoch=steps_per_epoch,
         should_stop=should_stop,
+        amp=amp,
     )
     log.info(
-        "training %d x %s on %d samples (%d validation, %d dropped), %d steps/epoch, %s",
+        "training %d x %s on %d samples (%d validation, %d dropped), %d steps/epoch, %s%s",
         params.members,
         params.arch,
         len(train_idx),
@@ -313,6 +332,7 @@ def run(
         len(y) - len(train_idx) - len(val_idx),
         steps_per_epoch,
         device,
+        ", bf16 autocast" if amp else "",
     )
 
     done = [checkpoint_epoch(work_dir, i) for i in range(params.members)]
@@ -327,7 +347,7 @@ def run(
         log.info("training %d members at a time (one process each)", n_procs)
         pool = MemberProcesses(
             n_procs, params, x, y, train_idx, val_idx, weights, n_classes, steps_per_epoch,
-            work_dir,
+            work_dir, amp,
         )  # fmt: skip
 
     def epoch_records(epoch: int, pending: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -378,6 +398,7 @@ def run(
     finally:
         if pool is not None:
             pool.close()
+    meta = {**(meta or {}), "train_bf16": amp}  # provenance: how the weights were trained
     return _finish(params, work_dir, device, classes, weights, val_loader, train_idx, y, meta)
 
 
@@ -403,6 +424,7 @@ class EpochRun:
     n_classes: int
     steps_per_epoch: int
     should_stop: Callable[[], bool] | None = None
+    amp: bool = False  # bf16 autocast of the forward passes
 
     @property
     def pin(self) -> bool:
@@ -452,7 +474,7 @@ def _save_member(
     train_loss: float,
 ) -> dict[str, Any]:
     """Validate member i after its epoch and checkpoint it (atomic); returns the epoch record."""
-    ev = evaluate(model, r.val_loader, r.device, r.params.normalize)
+    ev = evaluate(model, r.val_loader, r.device, r.params.normalize, r.amp)
     record = {
         "member": i,
         "epoch": epoch,
@@ -460,6 +482,7 @@ def _save_member(
         "val_acc": ev["acc"],
         "val_loss": ev["loss"],
         "lr": lr,
+        "bf16": r.amp,
     }
     history.append(record)
     atomic_save(
@@ -501,6 +524,7 @@ def _member_epoch(r: EpochRun, i: int, epoch: int) -> dict[str, Any]:
         augment_cfg=params.augment_config(),
         augment_generator=torch.Generator().manual_seed(augment_seed(params.seed, i, epoch)),
         should_stop=r.should_stop,
+        amp=r.amp,
     )
     lr = float(optimizer.param_groups[0]["lr"])
     return _save_member(
@@ -537,6 +561,7 @@ def _stacked_epoch(r: EpochRun, group: list[int], epoch: int) -> list[dict[str, 
             torch.Generator().manual_seed(augment_seed(params.seed, i, epoch)) for i in group
         ],
         should_stop=r.should_stop,
+        amp=r.amp,
     )
     opt_state = optimizer.state_dict()
     lr = float(optimizer.param_groups[0]["lr"])

@@ -83,8 +83,7 @@ class Runtime:
             path = Path(weights_uri)
             if not path.is_absolute():
                 path = self.settings.resolved_model_dir / path
-            amp = {"auto": None, "on": True, "off": False}[self.settings.infer_bf16]
-            ens = load_ensemble(path, self.device, amp=amp)
+            ens = load_ensemble(path, self.device, amp=self.settings.infer_amp)
             log.info(
                 "ensemble %s: %d members, %s on %s, %s",
                 path.name, ens.n_members, ens.mode, self.device,

@@ -198,7 +198,7 @@ def run_job(
             train_params, x, y, groups, classes, work_dir, device=rt.device,
             progress=heart.beat, should_stop=heart.should_stop, meta=meta,
             show_progress=show_progress, stack=rt.settings.train_stack or None,
-            processes=rt.settings.train_processes,
+            processes=rt.settings.train_processes, amp=rt.settings.train_amp,
         )  # fmt: skip
     except TrainingStopped:
         with sessions.begin() as s:

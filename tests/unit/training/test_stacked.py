@@ -15,9 +15,16 @@ from training.stacked import (
     member_optimizer_state,
     stack_optimizer_states,
 )
-from training.train import TrainParams, default_stack, run
+from training.train import TrainParams, default_stack
+from training.train import run as train_run
 
 torch.set_num_threads(1)
+
+
+def run(*args: Any, **kwargs: Any) -> Any:
+    """``training.train.run`` in float32: these tests compare paths up to float32 rounding."""
+    return train_run(*args, **{"amp": False, **kwargs})
+
 
 CLASSES = ["none", "male", "female"]
 TINY = TrainParams(members=3, epochs=2, batch_size=16, arch="resnet10", val_fraction=0.25)
@@ -187,3 +194,20 @@ def test_parallel_processes_stop_and_resume(sequential: tuple[Path, Any], tmp_pa
     run(TINY, x, y, g, CLASSES, tmp_path, processes=2)
     for a, b in zip(_weights(seq_work, 3), _weights(tmp_path, 3), strict=True):
         assert b["epoch"] == 2 and _rel_diff(a["model"], b["model"]) < ROUNDING
+
+
+def test_bf16_reaches_every_path(sequential: tuple[Path, Any], tmp_path: Path) -> None:
+    """amp=True (the default where bf16 is native) is honoured one at a time, stacked and in
+    processes: each member-epoch records it, and the float32 weights differ from the float32
+    run's by more than float32 rounding."""
+    seq_work, _ = sequential
+    x, y, g = _task()
+    for mode, kw in (("one", {"stack": 1}), ("stacked", {"stack": 3}), ("procs", {"processes": 2})):
+        work = tmp_path / mode
+        run(TINY, x, y, g, CLASSES, work, amp=True, **kw)
+        for a, b in zip(_weights(seq_work, 3), _weights(work, 3), strict=True):
+            assert all(r["bf16"] is True for r in b["history"]), mode
+            assert all(r["bf16"] is False for r in a["history"])
+            floats = [v for v in b["model"].values() if v.is_floating_point()]
+            assert all(v.dtype == torch.float32 for v in floats)
+            assert _rel_diff(a["model"], b["model"]) > 1e-4, mode
