@@ -4,7 +4,9 @@ GPU way) and, on the CPU, one process per core (1 thread each).
 Every mode runs ``training.train.run`` on the same features, params and seeds (same data order,
 Mixup and dropout draws per member); only ``stack`` / ``processes`` differ. The figure is
 training samples per second over all members (members x epochs x training snippets / wall
-time), and how far each mode's weights ended from one at a time's (float rounding only).
+time), and how far each mode's weights ended from one at a time's (float rounding only). These
+run in float32; where the hardware runs bf16 natively (the default turns bf16 autocast on there,
+``SCORER_TRAIN_BF16``), one more row trains one at a time in bf16.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from bench.timing import once, peak_rss_mb, speedup
+from training.ensemble import native_bf16
 from training.train import TrainParams
 from training.train import run as train_run
 
@@ -46,24 +49,30 @@ def _final_weights(work: Path, members: int) -> list[dict[str, torch.Tensor]]:
     ]
 
 
+def _key(name: str) -> str:
+    return name.replace(",", "").replace(" ", "_")
+
+
 def run(quick: bool) -> dict[str, Any]:
     n, members, arch, epochs = SIZES[quick]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     params = TrainParams(members=members, epochs=epochs, arch=arch, batch_size=32, val_fraction=0.2)
     x, y, g = _features(n)
     cores = os.cpu_count() or 1
-    modes = [("one at a time", 1, 1), (f"stacked x{members}", members, 1)]
+    modes = [("one at a time", 1, 1, False), (f"stacked x{members}", members, 1, False)]
     if device == "cpu" and cores > 1:
-        modes.append((f"{cores} processes x 1 thread", 1, cores))
+        modes.append((f"{cores} processes x 1 thread", 1, cores, False))
+    if native_bf16(device):
+        modes.append(("one at a time, bf16", 1, 1, True))
     rows: list[dict[str, Any]] = []
     walls: dict[str, float] = {}
     weights: dict[str, list[dict[str, torch.Tensor]]] = {}
     n_train = 0
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        for name, k, procs in modes:
-            work = Path(tmp) / f"s{k}p{procs}"
+        for name, k, procs, amp in modes:
+            work = Path(tmp) / f"s{k}p{procs}{'bf16' if amp else ''}"
             result, wall, cpu = once(
-                lambda work=work, k=k, procs=procs: train_run(
+                lambda work=work, k=k, procs=procs, amp=amp: train_run(
                     params,
                     x,
                     y,
@@ -74,6 +83,7 @@ def run(quick: bool) -> dict[str, Any]:
                     stack=k,
                     processes=procs,
                     show_progress=False,
+                    amp=amp,
                 )
             )
             n_train = result.n_train
@@ -85,6 +95,7 @@ def run(quick: bool) -> dict[str, Any]:
                     "mode": name,
                     "stack": k,
                     "processes": procs,
+                    "bf16": amp,
                     "wall_s": round(wall, 2),
                     "cpu_s_this_process": round(cpu, 2),
                     "samples_per_s": round(samples / wall, 2),
@@ -98,7 +109,8 @@ def run(quick: bool) -> dict[str, Any]:
             for a, b in zip(weights[base], weights[name], strict=True)
             for key in a
         )
-        for name, _, _ in modes[1:]
+        for name, _, _, amp in modes[1:]
+        if not amp  # bf16 is not float rounding: its effect on accuracy is in docs/RESULTS.md
     }
     return {
         "config": {
@@ -114,8 +126,8 @@ def run(quick: bool) -> dict[str, Any]:
         },
         "rows": rows,
         "ratios": {
-            f"{name.replace(' ', '_')}_vs_one_at_a_time": speedup(walls[base], walls[name])
-            for name, _, _ in modes[1:]
+            f"{_key(name)}_vs_one_at_a_time": speedup(walls[base], walls[name])
+            for name, _, _, _ in modes[1:]
         },
         "notes": [
             *(
@@ -123,7 +135,7 @@ def run(quick: bool) -> dict[str, Any]:
                 for n, d in diffs.items()
             ),
             "defaults: all members stacked on CUDA; on the CPU one at a time "
-            "(SCORER_TRAIN_PROCESSES=1)",
+            "(SCORER_TRAIN_PROCESSES=1); bf16 autocast where native (SCORER_TRAIN_BF16=auto)",
             "the processes row includes spawning them (~3 s of imports each)",
         ],
     }

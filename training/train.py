@@ -271,7 +271,7 @@ def run(
     show_progress: bool | None = None,
     stack: int | None = None,
     processes: int = 1,
-    amp: bool | None = None,
+    amp: bool | None = False,
 ) -> TrainResult:
     """Train (or resume training) an ensemble on features ``x`` (N, 299, 40) float16.
 
@@ -283,10 +283,10 @@ def run(
     ``show_progress``: tqdm bar on stderr; None = only on a TTY. ``stack``: members trained at
     once in one batched computation (training/stacked.py); None = ``default_stack(device,
     members)``. ``processes``: on the CPU (and unstacked), members trained in parallel, one
-    process each (training/parallel.py). ``amp``: forward passes in bf16 autocast; None =
-    where the hardware runs bf16 natively (``native_bf16``: a GPU, or a CPU with AVX512-BF16/AMX).
-    It is not part of the params: a run may be resumed with it on or off. Raises ValueError if
-    work_dir holds a run with other params or other data.
+    process each (training/parallel.py). ``amp``: forward passes in bf16 autocast (float32 by
+    default: the reference); None = where the hardware runs bf16 natively (``native_bf16``: a
+    GPU, or a CPU with AVX512-BF16/AMX). It is not part of the params: a run may be resumed with
+    it on or off. Raises ValueError if work_dir holds a run with other params or other data.
     """
     params.validate()
     device = torch.device(device)

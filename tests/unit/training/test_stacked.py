@@ -197,9 +197,9 @@ def test_parallel_processes_stop_and_resume(sequential: tuple[Path, Any], tmp_pa
 
 
 def test_bf16_reaches_every_path(sequential: tuple[Path, Any], tmp_path: Path) -> None:
-    """amp=True (the default where bf16 is native) is honoured one at a time, stacked and in
-    processes: each member-epoch records it, and the float32 weights differ from the float32
-    run's by more than float32 rounding."""
+    """amp=True (SCORER_TRAIN_BF16=on, or auto where bf16 is native) is honoured one at a time,
+    stacked and in processes: each member-epoch records it, and the (float32) weights differ from
+    the float32 run's by more than float32 rounding."""
     seq_work, _ = sequential
     x, y, g = _task()
     for mode, kw in (("one", {"stack": 1}), ("stacked", {"stack": 3}), ("procs", {"processes": 2})):
