@@ -135,7 +135,7 @@ def run(quick: bool) -> dict[str, Any]:
                 for n, d in diffs.items()
             ),
             "defaults: all members stacked on CUDA; on the CPU one at a time "
-            "(SCORER_TRAIN_PROCESSES=1); float32 (SCORER_TRAIN_BF16=off; on/auto for bf16)",
+            "(SCORER_TRAIN_PROCESSES=1); bf16 autocast where native (SCORER_TRAIN_BF16=auto)",
             "the processes row includes spawning them (~3 s of imports each)",
         ],
     }

@@ -5,12 +5,12 @@ import pytest
 from scorer.settings import Settings
 
 
-def test_bf16_defaults_infer_by_hardware_train_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bf16_defaults_decide_by_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("SCORER_INFER_BF16", "SCORER_TRAIN_BF16"):
         monkeypatch.delenv(name, raising=False)
     s = Settings()
     assert s.infer_amp is None  # auto: the Ensemble decides from the hardware
-    assert s.train_amp is False  # float32 unless asked (docs/RESULTS.md)
+    assert s.train_amp is None  # the same for training (docs/RESULTS.md)
 
 
 @pytest.mark.parametrize(("value", "want"), [("on", True), ("off", False), ("auto", None)])
