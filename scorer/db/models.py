@@ -18,6 +18,7 @@ from sqlalchemy import (
     Enum,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -132,11 +133,31 @@ class ModelVersion(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class SourcePath(Base):
+    """Where a content was seen: one row per (absolute path, sha256). The same bytes under two
+    names are two rows and both are listed by `scorer results`; a path whose file changed holds
+    one row per content, the newest by ``seen_at``."""
+
+    __tablename__ = "source_paths"
+    __table_args__ = (UniqueConstraint("path", "sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(
+        ForeignKey("snippets.sha256", ondelete="CASCADE"), index=True
+    )
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Prediction(Base):
     """One window's (or, at window_index -1, the whole file's) ensemble output."""
 
     __tablename__ = "predictions"
-    __table_args__ = (UniqueConstraint("sha256", "window_index", "model_version_id"),)
+    __table_args__ = (
+        UniqueConstraint("sha256", "window_index", "model_version_id"),
+        # The result and accuracy queries: one version's per-file verdicts (window -1), by sha.
+        Index("ix_predictions_version_window_sha", "model_version_id", "window_index", "sha256"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sha256: Mapped[str] = mapped_column(ForeignKey("snippets.sha256", ondelete="CASCADE"))
@@ -168,6 +189,9 @@ class TrainingJob(Base):
     error: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(255))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Fencing token: incremented by every claim. The owner's heartbeats and checkpoint writes
+    # check it, so a worker whose claim was taken over stops instead of writing beside the new one.
+    claim: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Column, Engine, Integer, MetaData, inspect
+from sqlalchemy import Column, Engine, Integer, MetaData, inspect, text
 
 from scorer.db.migrate import alembic_config, current_revision, head_revision, upgrade
 from scorer.db.models import Base
 
-MODEL_TABLES = {"snippets", "features", "model_versions", "predictions", "training_jobs"}
+MODEL_TABLES = {
+    "snippets",
+    "features",
+    "model_versions",
+    "predictions",
+    "training_jobs",
+    "source_paths",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -40,7 +48,40 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 
 def test_head_is_a_single_known_revision() -> None:
-    assert head_revision() == "0001"
+    assert head_revision() == "0002"
+
+
+def test_0002_records_where_known_snippets_were_seen(empty_engine: Engine) -> None:
+    """A database made before source_paths existed: every snippet gets its path row, and a job
+    row its claim token 0."""
+    cfg = alembic_config(empty_engine.url.render_as_string(hide_password=False))
+    with empty_engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    with empty_engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO snippets (sha256, source_path, size_bytes, status, attempts, "
+                "created_at, updated_at) VALUES ('ab', '/music/a.mp3', 10, 'queued', 0, "
+                ":t, :t)"
+            ),
+            {"t": datetime(2026, 1, 1, tzinfo=UTC)},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO training_jobs (params, status, progress, attempts, created_at) "
+                "VALUES ('{}', 'pending', 0, 0, :t)"
+            ),
+            {"t": datetime(2026, 1, 1, tzinfo=UTC)},
+        )
+
+    upgrade(empty_engine)
+
+    with empty_engine.connect() as conn:
+        assert conn.execute(text("SELECT path, sha256 FROM source_paths")).all() == [
+            ("/music/a.mp3", "ab")
+        ]
+        assert conn.execute(text("SELECT claim FROM training_jobs")).scalar_one() == 0
 
 
 def test_upgrade_from_empty_gives_the_models_schema(empty_engine: Engine) -> None:
