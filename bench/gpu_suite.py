@@ -16,8 +16,9 @@ safetensors, tqdm: all on the GPU image) and, within ``--budget-s``:
    sha, same group split), stopping cleanly at its share of the budget: the epoch-major order
    leaves an evenly trained ensemble, and the epochs reached are reported;
 2. evaluates it on the held-out singers: accuracy, macro-F1, per-class recall, the first-k
-   members curve, ECE; every member's probabilities on the held-out and the validation snippets
-   go to OUT/probs_<run>.npz, so calibration and fusion can be studied afterwards on a CPU;
+   members curve, ECE; every member's probabilities on the held-out, the training and the
+   validation snippets go to OUT/probs_<run>.npz, so calibration, fusion and distillation (the
+   teacher's soft labels) can be done afterwards on a CPU;
 3. runs the GPU rows of the model bench cases (``python -m bench --only member_forward ensemble
    training``: fused vs loop at batch 1/32/256 in bf16, stacked training), and times Spleeter's
    U-Net on the GPU (batch 1/8/32 at T = 512, float32 and bf16; random weights, since speed does
@@ -299,12 +300,16 @@ def train_and_evaluate(
     t1 = time.monotonic()
     test_p = member_proba(x_test)
     eval_s = time.monotonic() - t1
-    val_p = member_proba(x_train[val_idx])
+    train_p = member_proba(x_train)  # the teacher's soft labels, for distillation here
+    val_p = train_p[:, val_idx]
     np.savez_compressed(
         out / f"probs_{name}.npz",
         test=test_p.astype(np.float16),
         test_y=test.y,
         test_shas=np.array(test.shas),
+        train=train_p.astype(np.float16),
+        train_y=train.y,
+        train_shas=np.array(train.shas),
         val=val_p.astype(np.float16),
         val_y=train.y[val_idx],
         val_shas=np.array([train.shas[i] for i in val_idx]),
@@ -312,6 +317,7 @@ def train_and_evaluate(
     result = {
         "name": name,
         "params": params.to_dict(),
+        "input": getattr(transform, "__doc__", None) or "log-mel dB as stored (the reference)",
         "members_evaluated": len(members),
         "epochs_done": max(epochs_done, default=0),
         "stopped_at_deadline": stopped,
@@ -330,6 +336,7 @@ def train_and_evaluate(
     return result
 
 
+EXTRAS = ("global_std", "all_singers", "global_all")
 BENCH_CASES = ("ensemble", "training", "member_forward")  # member_forward compiles: last
 
 
@@ -450,6 +457,8 @@ def run(args: argparse.Namespace) -> int:
         "global_std": (_replace(ref, members=k), _global_standardiser(train.x)),
         # Every training singer trains (no validation hold-out).
         "all_singers": (_replace(ref, members=k, val_fraction=0.0), None),
+        # Both.
+        "global_all": (_replace(ref, members=k, val_fraction=0.0), _global_standardiser(train.x)),
     }
     per_member_s = result.get("train_s", 0) / max(result.get("members_evaluated", 1), 1)
     for name in args.extra:
@@ -489,12 +498,14 @@ def _replace(params: Any, **changes: Any) -> Any:
 
 
 def _global_standardiser(x: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """(x - mean) / std with one mean and std of the whole training log-mel."""
     mean = float(x.astype(np.float32).mean())
     std = float(x.astype(np.float32).std())
 
     def apply(a: np.ndarray) -> np.ndarray:
         return ((a.astype(np.float32) - mean) / std).astype(np.float16)
 
+    apply.__doc__ = f"one global standardisation: (x - {mean:.3f}) / {std:.3f}"
     return apply
 
 
@@ -512,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-out")))
     r.add_argument("--budget-s", type=float, default=540.0, help="stop everything by then")
     r.add_argument("--reserve-s", type=float, default=150.0, help="kept for benches after training")
-    r.add_argument("--extra", nargs="*", default=[], choices=["global_std", "all_singers"])
+    r.add_argument("--extra", nargs="*", default=[], choices=EXTRAS)
     r.add_argument("--extra-members", type=int, default=5, help="members of each extra run")
     r.add_argument("--bench", nargs="*", default=None, choices=BENCH_CASES,
                    help="model bench cases (default: all; --tiny: ensemble)")  # fmt: skip
