@@ -112,7 +112,8 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         default=3,
         ge=1,
-        description="Deliveries of one stage before its snippet is failed (a poison message).",
+        description="Deliveries of one stage that died mid-work before its snippet is failed "
+        "(a poison message); deaths of a training job's worker before the job fails.",
     )
     task_time_limit_s: int = Field(
         default=900, ge=1, description="Hard time limit of one task (a worker child is killed)."

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.frontend import FrontendConfig
+from scorer.errors import ScorerError
 from scorer.settings import Settings
 
 if TYPE_CHECKING:
@@ -21,6 +23,11 @@ if TYPE_CHECKING:
     from training.ensemble import Ensemble
 
 log = logging.getLogger(__name__)
+
+
+class ModelUnavailable(ScorerError):
+    """A configuration fault, not a snippet's: the model's weights are missing here or are not
+    the model version's. Snippets wait (their messages come back); nothing is failed."""
 
 
 def resolve_device(requested: str) -> str:
@@ -75,19 +82,36 @@ class Runtime:
         log.info("loading Spleeter 2-stem (T=%d) on %s", self.frontend.spleeter_frames, self.device)
         return load_separator(self.device, self.frontend.spleeter_frames)
 
-    def ensemble(self, weights_uri: str) -> Ensemble:
-        """The ensemble stored at `weights_uri`, loaded once per process."""
+    def ensemble(self, weights_uri: str, classes: Sequence[str] | None = None) -> Ensemble:
+        """The ensemble stored at `weights_uri`, loaded once per process.
+
+        `classes`: the model version row's; the weights must say the same (in the same order),
+        or every label would be wrong. Raises ModelUnavailable when the folder is missing or
+        unreadable (a host without the shared model dir) or the classes differ.
+        """
         if weights_uri not in self._ensembles:
             from training.ensemble import load_ensemble
 
             path = Path(weights_uri)
             if not path.is_absolute():
                 path = self.settings.resolved_model_dir / path
-            ens = load_ensemble(path, self.device, amp=self.settings.infer_amp)
+            try:
+                ens = load_ensemble(path, self.device, amp=self.settings.infer_amp)
+            except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                raise ModelUnavailable(
+                    f"model weights at {path} cannot be loaded on this host ({exc}); is "
+                    "SCORER_MODEL_DIR the shared model folder here?"
+                ) from exc
             log.info(
                 "ensemble %s: %d members, %s on %s, %s",
                 path.name, ens.n_members, ens.mode, self.device,
                 "bf16 autocast" if ens.amp else "float32",
             )  # fmt: skip
             self._ensembles[weights_uri] = ens
-        return self._ensembles[weights_uri]
+        ens = self._ensembles[weights_uri]
+        if classes is not None and list(ens.classes) != list(classes):
+            raise ModelUnavailable(
+                f"model weights at {weights_uri} have classes {list(ens.classes)} but the model "
+                f"version says {list(classes)}: the folder holds another model"
+            )
+        return ens

@@ -10,13 +10,14 @@ nothing, so acks_late redelivery after a crash is safe.
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass, field
 
 from celery import current_app, shared_task
 from celery.signals import worker_process_init
 from celery_batches import Batches
 from kombu.exceptions import OperationalError as BrokerError
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,9 +25,10 @@ from pipeline.frontend import FrontendConfig
 from scorer.db import queries
 from scorer.db.engine import make_engine, make_sessionmaker
 from scorer.db.models import ModelVersion, Snippet, SnippetStatus
+from scorer.errors import ScorerError
 from scorer.settings import Settings
 from worker.celery_app import INFER_TASK, PREPROCESS_TASK
-from worker.runtime import Runtime, configure_threads, frontend_from_settings
+from worker.runtime import ModelUnavailable, Runtime, configure_threads, frontend_from_settings
 from worker.stages import Item, preprocess, save_preprocessed, score
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,36 @@ def _gave_up(attempts: int) -> str:
     )
 
 
+CONFIG_RETRY_S = 60
+"""A configuration fault (model weights missing on this host): messages come back this late."""
+
+
+def poison_count(in_flight: str | None, after: str | None, attempts: int) -> int:
+    """`attempts` counting this delivery's evidence of a death mid-work.
+
+    `in_flight` is the token the last delivery wrote before its work and clears after it; found
+    set, that delivery never finished: it died (out of memory, a native crash, a kill). The
+    one exception is `after`, the token of the delivery this one retries: it stopped on a
+    transient fault (database or broker away) and asked for this retry, so it did not die.
+    """
+    return attempts + 1 if in_flight is not None and in_flight != after else attempts
+
+
+def _delivery(request: object) -> tuple[str, str | None]:
+    """(this delivery's token, the token of the delivery it retries): an autoretry keeps the
+    task id and counts `retries` up; a redelivery after a death repeats both."""
+    task_id = getattr(request, "id", None) or uuid.uuid4().hex
+    retries = getattr(request, "retries", 0) or 0
+    return f"{task_id}:{retries}", f"{task_id}:{retries - 1}" if retries else None
+
+
+def _clear_in_flight(session: Session, shas: list[str], token: str | None = None) -> None:
+    stmt = update(Snippet).where(Snippet.sha256.in_(shas))
+    if token is not None:
+        stmt = stmt.where(Snippet.in_flight == token)
+    session.execute(stmt.values(in_flight=None))
+
+
 @shared_task(
     name=PREPROCESS_TASK,
     bind=True,
@@ -100,6 +132,7 @@ def preprocess_task(  # type: ignore[no-untyped-def]
     settings' for training data); without it, the active model's at the time of the work.
     """
     c = ctx()
+    token, after = _delivery(self.request)
     with c.sessions.begin() as s:
         snip = s.scalars(select(Snippet).where(Snippet.sha256 == sha)).first()
         if snip is None:  # published by someone who did not write the row first: write it now
@@ -111,18 +144,27 @@ def preprocess_task(  # type: ignore[no-untyped-def]
         wanted = (
             FrontendConfig.from_dict(frontend) if frontend else _frontend_for(model, c.settings)
         )
-        if sha in queries.shas_with_features(s, [sha], wanted.version):
-            has_features = True
-        else:
-            has_features = False
-            if snip.attempts >= c.settings.max_attempts:
-                queries.mark_failed(s, sha, _gave_up(snip.attempts))
-                return
-            snip.attempts += 1  # committed before the work: a crash mid-work still counts
+        has_features = sha in queries.shas_with_features(s, [sha], wanted.version)
     if not has_features:
-        results = preprocess(c.runtime(wanted), [Item(sha, data, name)])
+        rt = c.runtime(wanted)
+        try:
+            rt.separator  # noqa: B018  (loaded before anything is counted: a fault of this host)
+        except (ScorerError, OSError) as exc:
+            log.error("cannot separate on this host (%s); snippet %s waits", exc, sha[:12])
+            raise self.retry(exc=exc, countdown=CONFIG_RETRY_S) from exc
+        with c.sessions.begin() as s:
+            snip = s.scalars(select(Snippet).where(Snippet.sha256 == sha)).one()
+            attempts = poison_count(snip.in_flight, after, snip.attempts)
+            if attempts >= c.settings.max_attempts:
+                queries.mark_failed(s, sha, _gave_up(attempts))
+                snip.attempts, snip.in_flight = attempts, None
+                return
+            # Committed before the work: a delivery that dies mid-work leaves its token behind.
+            snip.attempts, snip.in_flight = attempts, token
+        results = preprocess(rt, [Item(sha, data, name)])
         with c.sessions.begin() as s:
             save_preprocessed(s, wanted.version, results)
+            _clear_in_flight(s, [sha], token)
         if results[0].error is not None:
             return
     if model is not None and model.frontend_version == wanted.version:
@@ -132,51 +174,88 @@ def preprocess_task(  # type: ignore[no-untyped-def]
 @shared_task(base=Batches, name=INFER_TASK, flush_every=64, flush_interval=0.2)
 def infer_task(requests) -> None:  # type: ignore[no-untyped-def]
     """One batch of {sha} messages: one fused forward of the ensemble, one bulk upsert."""
-    shas = list(dict.fromkeys(r.args[0] for r in requests if r.args))
+    handle_infer(
+        ctx(), [(r.args[0], r.id, (r.kwargs or {}).get("after")) for r in requests if r.args]
+    )
+
+
+def handle_infer(c: Context, deliveries: list[tuple[str, str | None, str | None]]) -> None:
+    """Score a batch of (sha, task id, `after`) deliveries. A transient fault re-publishes each
+    sha naming this delivery as the one it retries (so it is not counted as a death); a
+    missing or mismatched model re-publishes them later, uncounted, and says so in the log."""
+    tokens: dict[str, tuple[str, str | None]] = {}
+    for sha, task_id, after in deliveries:
+        tokens.setdefault(sha, (f"{task_id or uuid.uuid4().hex}:0", after))
     try:
-        infer_shas(ctx(), shas)
+        infer_shas(c, list(tokens), tokens)
+    except ModelUnavailable as exc:
+        log.error(
+            "configuration: %s; %d snippets wait (sent again in %d s)",
+            exc, len(tokens), CONFIG_RETRY_S,
+        )  # fmt: skip
+        for sha in tokens:
+            infer_task.apply_async((sha,), countdown=CONFIG_RETRY_S)
     except TRANSIENT as exc:
-        log.warning("database or broker away (%s); re-publishing %d snippets", exc, len(shas))
-        for sha in shas:
-            infer_task.apply_async((sha,), countdown=10)
+        log.warning("database or broker away (%s); re-publishing %d snippets", exc, len(tokens))
+        for sha, (token, _) in tokens.items():
+            infer_task.apply_async((sha,), {"after": token}, countdown=10)
 
 
-def infer_shas(c: Context, shas: list[str]) -> None:
-    """Score `shas` with the active model; redelivered or already scored ones are skipped."""
-    with c.sessions.begin() as s:
+def infer_shas(
+    c: Context, shas: list[str], tokens: dict[str, tuple[str, str | None]] | None = None
+) -> None:
+    """Score `shas` with the active model; redelivered or already scored ones are skipped.
+
+    `tokens`: per sha, (this delivery's token, the token of the delivery it retries), for
+    `poison_count`. Raises ModelUnavailable, before anything is counted, when the model's
+    weights are missing here or are not the model version's.
+    """
+    tokens = tokens or {}
+    with c.sessions() as s:
         model = queries.active_model(s)
-        if model is None:
-            log.warning("no active model: %d snippets stay preprocessed", len(shas))
-            return
+    if model is None:
+        log.warning("no active model: %d snippets stay preprocessed", len(shas))
+        return
+    rt = c.runtime(FrontendConfig.from_dict(model.frontend))
+    rt.ensemble(model.weights_uri, classes=model.classes)
+    fallback = (f"{uuid.uuid4().hex}:0", None)
+    with c.sessions.begin() as s:
         rows = s.execute(
-            select(Snippet.sha256, Snippet.status, Snippet.attempts).where(Snippet.sha256.in_(shas))
+            select(Snippet.sha256, Snippet.status, Snippet.attempts, Snippet.in_flight).where(
+                Snippet.sha256.in_(shas)
+            )
         ).all()
         done = queries.shas_scored_by(s, shas, model.id)
         have = queries.shas_with_features(s, shas, model.frontend_version)
         todo = []
-        for sha, status, attempts in rows:
+        for sha, status, attempts, in_flight in rows:
             if status == SnippetStatus.failed or sha in done:
                 continue
             if sha not in have:  # features of another front end: reconcile re-preprocesses it
                 queries.set_status(s, [sha], SnippetStatus.queued, error=None)
                 continue
+            token, after = tokens.get(sha, fallback)
+            attempts = poison_count(in_flight, after, attempts)
             if attempts >= c.settings.max_attempts:
                 queries.mark_failed(s, sha, _gave_up(attempts))
+                s.execute(
+                    update(Snippet)
+                    .where(Snippet.sha256 == sha)
+                    .values(attempts=attempts, in_flight=None)
+                )
                 continue
             todo.append(sha)
-        if todo:
-            for sha in todo:
-                s.execute(
-                    Snippet.__table__.update()
-                    .where(Snippet.sha256 == sha)
-                    .values(attempts=Snippet.attempts + 1)
-                )
+            s.execute(
+                update(Snippet)
+                .where(Snippet.sha256 == sha)
+                .values(attempts=attempts, in_flight=token)
+            )
     if not todo:
         return
-    rt = c.runtime(FrontendConfig.from_dict(model.frontend))
     try:
         with c.sessions.begin() as s:
             score(s, rt, model, todo)
+            _clear_in_flight(s, todo)
     except TRANSIENT:
         raise
     except (DBAPIError, ValueError, RuntimeError) as exc:
@@ -186,8 +265,10 @@ def infer_shas(c: Context, shas: list[str]) -> None:
             try:
                 with c.sessions.begin() as s:
                     score(s, rt, model, [sha])
+                    _clear_in_flight(s, [sha])
             except TRANSIENT:
                 raise
             except (DBAPIError, ValueError, RuntimeError) as item_exc:
                 with c.sessions.begin() as s:
                     queries.mark_failed(s, sha, f"inference failed: {item_exc}")
+                    _clear_in_flight(s, [sha])

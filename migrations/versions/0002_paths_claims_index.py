@@ -7,6 +7,8 @@ Create Date: 2026-11-27 19:20:00
 - ``source_paths``: every (absolute path, sha256) a user enqueued, so two copies of one song are
   both listed (issue 10 item 11).
 - ``training_jobs.claim``: the fencing token of the current claim (issue 10 item 5).
+- ``snippets.in_flight``: the delivery working on a snippet, so only deaths mid-work count as
+  poison deliveries (issue 10 item 6).
 - ``ix_predictions_version_window_sha``: the result and accuracy queries (issue 10 item 9).
 """
 
@@ -46,6 +48,8 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("training_jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("claim", sa.Integer(), server_default="0", nullable=False))
+    with op.batch_alter_table("snippets", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("in_flight", sa.String(length=255), nullable=True))
     with op.batch_alter_table("predictions", schema=None) as batch_op:
         batch_op.create_index(
             "ix_predictions_version_window_sha",
@@ -57,6 +61,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("predictions", schema=None) as batch_op:
         batch_op.drop_index("ix_predictions_version_window_sha")
+    with op.batch_alter_table("snippets", schema=None) as batch_op:
+        batch_op.drop_column("in_flight")
     with op.batch_alter_table("training_jobs", schema=None) as batch_op:
         batch_op.drop_column("claim")
     with op.batch_alter_table("source_paths", schema=None) as batch_op:

@@ -87,6 +87,10 @@ class Snippet(Base):
     )
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The Celery delivery now working on this snippet ("task id:retries"), set before the work
+    # and cleared after it: found set by another delivery, the one that set it died mid-work, and
+    # only that counts in `attempts` (a retry after a transient error does not; worker/tasks.py).
+    in_flight: Mapped[str | None] = mapped_column(String(255))
     label: Mapped[str | None] = mapped_column(String(64))
     group: Mapped[str | None] = mapped_column("group_name", String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
