@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,10 +39,20 @@ def checkpoint_epoch(work_dir: Path, member: int) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
 
 
-def atomic_save(obj: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary file then rename, so a kill never leaves half a checkpoint."""
+def atomic_save(obj: dict[str, Any], path: Path, fence: Callable[[], None] | None = None) -> None:
+    """torch.save to a temporary file then rename, so a kill never leaves half a checkpoint.
+
+    ``fence`` (a training job's claim check) runs between the write and the rename and raises
+    to refuse it: a worker whose job was taken over never replaces the new owner's checkpoint.
+    """
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
+    if fence is not None:
+        try:
+            fence()
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     os.replace(tmp, path)
 
 

@@ -272,6 +272,7 @@ def run(
     stack: int | None = None,
     processes: int = 1,
     amp: bool | None = False,
+    fence: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train (or resume training) an ensemble on features ``x`` (N, 299, 40) float16.
 
@@ -286,7 +287,9 @@ def run(
     process each (training/parallel.py). ``amp``: forward passes in bf16 autocast (float32 by
     default: the reference); None = where the hardware runs bf16 natively (``native_bf16``: a
     GPU, or a CPU with AVX512-BF16/AMX). It is not part of the params: a run may be resumed with
-    it on or off. Raises ValueError if work_dir holds a run with other params or other data.
+    it on or off. ``fence`` runs before each checkpoint replaces the last and raises to refuse
+    it (a job's claim check; not in the member processes, whose parent polls ``should_stop``).
+    Raises ValueError if work_dir holds a run with other params or other data.
     """
     params.validate()
     device = torch.device(device)
@@ -322,6 +325,7 @@ def run(
         steps_per_epoch=steps_per_epoch,
         should_stop=should_stop,
         amp=amp,
+        fence=fence,
     )
     log.info(
         "training %d x %s on %d samples (%d validation, %d dropped), %d steps/epoch, %s%s",
@@ -425,6 +429,7 @@ class EpochRun:
     steps_per_epoch: int
     should_stop: Callable[[], bool] | None = None
     amp: bool = False  # bf16 autocast of the forward passes
+    fence: Callable[[], None] | None = None  # refuses a checkpoint write by raising
 
     @property
     def pin(self) -> bool:
@@ -496,6 +501,7 @@ def _save_member(
             "params": r.params.to_dict(),
         },
         checkpoint_path(r.work_dir, i),
+        fence=r.fence,
     )
     return dict(record)
 

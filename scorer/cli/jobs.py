@@ -33,6 +33,7 @@ def jobs_group(ctx: click.Context, as_json: bool) -> None:
             "error": j.error,
             "worker": j.worker,
             "attempts": j.attempts,
+            "claim": j.claim,
             "heartbeat_at": j.heartbeat_at.isoformat() if j.heartbeat_at else None,
             "members": j.params.get("train", {}).get("members"),
             "epochs": j.params.get("train", {}).get("epochs"),
@@ -70,6 +71,35 @@ def cancel(ctx: click.Context, job_id: int) -> None:
     if not n:
         raise ScorerError(f"no pending or running training job {job_id}")
     click.echo(f"training job {job_id} cancelled")
+
+
+@jobs_group.command("resume")
+@click.argument("job_id", type=int)
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="With workers (SCORER_BROKER_URL): queue the job and return; `scorer jobs` follows it.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the model version as JSON.")
+@click.pass_context
+def resume(ctx: click.Context, job_id: int, no_wait: bool, as_json: bool) -> None:
+    """Resume a failed or cancelled job from its checkpoints (its death count starts again).
+
+    Without workers it trains here; with SCORER_BROKER_URL it is queued for `scorer worker
+    train` and followed until it ends (unless --no-wait).
+    """
+    from scorer.cli.train import run_or_follow
+    from scorer.db.engine import make_sessionmaker
+    from worker.training_job import reopen
+
+    settings = settings_of(ctx)
+    engine = ready_engine(settings)
+    with make_sessionmaker(engine).begin() as s:
+        job = reopen(s, job_id)
+        click.echo(
+            f"training job {job_id} {job.status.value}: resumes from its checkpoints", err=True
+        )
+    run_or_follow(settings, engine, job_id, no_wait=no_wait, as_json=as_json)
 
 
 COMMANDS = [jobs_group]

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from scorer.db.models import ModelVersion
+    from scorer.settings import Settings
     from training.params import TrainParams
 
 # The names of training.train.PRESETS, spelled out so that `--help` does not import torch; a unit
@@ -180,10 +181,17 @@ def train(
 
     from scorer.cli.enqueue import print_failures
     from scorer.db.engine import make_sessionmaker
+    from scorer.db.models import JobStatus
     from scorer.manifest import labels_for_data
     from worker import embedded
-    from worker.runtime import Runtime, configure_threads
-    from worker.training_job import claim, create_job, find_resumable, run_job, worker_name
+    from worker.runtime import configure_threads
+    from worker.training_job import (
+        check_name,
+        create_job,
+        find_resumable,
+        name_conflict,
+        reopen,
+    )
 
     settings = settings_of(ctx)
     tp = train_params_from_options(
@@ -195,7 +203,15 @@ def train(
             aug_shift_frames=aug_shift_frames, aug_spec_masks=aug_spec_masks,
         ),
     )  # fmt: skip
+    if name is not None:
+        check_name(name)
     engine = ready_engine(settings)
+    sessions = make_sessionmaker(engine)
+    if name is not None:  # before any work: a taken name never costs a training run
+        with sessions() as s:
+            conflict = name_conflict(s, name, jobs=False)
+        if conflict:
+            raise ScorerError(conflict)
     configure_threads(settings)
     shas: list[str] | None = None
     if data is not None:
@@ -218,27 +234,60 @@ def train(
         failed = {p for p, _ in summary.failures}
         shas = sorted(sha for sha, p in summary.shas.items() if p not in failed)
         stderr(f"{len(shas)} labelled files ready, {len(summary.failures)} failed")
-    params = {
+    params = _params(tp, shas, name, no_activate, keep_checkpoints)
+    with sessions.begin() as s:
+        job = find_resumable(s, params)
+        if name is not None:
+            conflict = name_conflict(s, name, job.id if job else None)
+            if conflict:
+                raise ScorerError(conflict)
+        if job is None:
+            job = create_job(s, params)
+        elif job.status == JobStatus.failed:
+            stderr(f"resuming failed training job {job.id} from its checkpoints ({job.error})")
+            reopen(s, job.id)
+        else:
+            stderr(f"resuming training job {job.id} ({job.message or 'not started'})")
+        job_id = job.id
+    run_or_follow(settings, engine, job_id, no_wait=no_wait, as_json=as_json)
+
+
+def _params(
+    tp: TrainParams, shas: list[str] | None, name: str | None, no_activate: bool, keep: bool
+) -> dict[str, Any]:
+    """A job's parameters: equal parameters = the same command, which resumes the same job."""
+    return {
         "train": tp.to_dict(),
         "shas": shas,
         "name": name,
         "activate": not no_activate,
-        "keep_checkpoints": keep_checkpoints,
+        "keep_checkpoints": keep,
     }
-    sessions = make_sessionmaker(engine)
-    with sessions.begin() as s:
-        job = find_resumable(s, params)
-        if job is not None:
-            stderr(f"resuming training job {job.id} ({job.message or 'not started'})")
-        else:
-            job = create_job(s, params)
-        job_id = job.id
+
+
+def run_or_follow(
+    settings: Settings, engine: Engine, job_id: int, *, no_wait: bool, as_json: bool
+) -> None:
+    """Embedded: claim job `job_id` and train it here. With workers: it is queued; follow it
+    (unless `no_wait`). Then print the model version it registered."""
+    from scorer.db.engine import make_sessionmaker
+    from worker.runtime import Runtime
+    from worker.training_job import claim_here, run_job, worker_name
+
     if settings.embedded:
-        with sessions.begin() as s:
-            claimed = claim(s, worker_name(), job_id=job_id, stale_after_s=0)
-        if claimed is None:
-            raise ScorerError(f"training job {job_id} is being run elsewhere")
-        mv = run_job(engine, Runtime(settings), job_id)
+        with make_sessionmaker(engine).begin() as s:
+            claimed = claim_here(s, worker_name(), job_id, settings.job_stale_after_s)
+            if claimed is None:
+                from scorer.db.models import TrainingJob
+
+                job = s.get(TrainingJob, job_id)
+                owner = job.worker if job is not None else None
+                raise ScorerError(
+                    f"training job {job_id} is being run by {owner or 'another process'}; wait "
+                    f"for it, or `scorer jobs cancel {job_id}`"
+                )
+            token = claimed.claim
+        mv = run_job(engine, Runtime(settings), job_id, token)
     else:
         stderr(f"training job {job_id} queued for `scorer worker train`")
         if no_wait:

@@ -91,22 +91,37 @@ def worker_gpu(ctx: click.Context, also_preprocess: bool, loglevel: str) -> None
 @click.pass_context
 def worker_train(ctx: click.Context, poll: float, once: bool) -> None:
     """Run training jobs: claim a pending job (or one whose worker died: its heartbeat is older
-    than SCORER_JOB_STALE_AFTER_S), resume it from its checkpoints, register the model."""
+    than SCORER_JOB_STALE_AFTER_S), resume it from its checkpoints, register the model.
+
+    Survives any error of a job (logged; the job is retried, then failed) or of the database
+    (it tries again after --poll). SIGTERM or Ctrl-C gives the running job back, uncounted.
+    """
+    import logging
+    import signal
+    import sys
+
     from scorer.db.engine import make_sessionmaker
     from scorer.errors import ScorerError
     from worker.runtime import Runtime, configure_threads
     from worker.training_job import claim, run_job, worker_name
 
+    log = logging.getLogger("scorer.worker.train")
     settings = settings_of(ctx)
     engine = ready_engine(settings)
     configure_threads(settings)
+    # `docker stop` sends SIGTERM: unwind (run_job puts the job back to pending) instead of dying.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sessions = make_sessionmaker(engine)
     me = worker_name()
     stderr(f"training worker {me} waiting for jobs")
     while True:
-        with sessions.begin() as s:
-            job = claim(s, me, stale_after_s=settings.job_stale_after_s)
-            job_id = job.id if job else None
+        try:
+            with sessions.begin() as s:
+                job = claim(s, me, stale_after_s=settings.job_stale_after_s)
+                job_id, token = (job.id, job.claim) if job else (None, 0)
+        except Exception as exc:  # the database is away: look again later
+            log.warning("cannot claim a training job: %s", exc)
+            job_id = None
         if job_id is None:
             if once:
                 return
@@ -114,10 +129,13 @@ def worker_train(ctx: click.Context, poll: float, once: bool) -> None:
             continue
         stderr(f"running training job {job_id}")
         try:
-            mv = run_job(engine, Runtime(settings), job_id, show_progress=False)
+            mv = run_job(engine, Runtime(settings), job_id, token, show_progress=False)
             stderr(f"training job {job_id} done: model version {mv.name}")
         except ScorerError as exc:
             stderr(f"training job {job_id}: {exc}")
+        except Exception as exc:
+            log.exception("training job %d: unexpected error", job_id)
+            stderr(f"training job {job_id}: {type(exc).__name__}: {exc} (logged; job released)")
         if once:
             return
 

@@ -313,7 +313,8 @@ def test_claim_takes_pending_jobs_in_order(session: Session) -> None:
     got = claim(session, "w1")
 
     assert got is not None and got.id == first.id
-    assert (got.status, got.worker, got.attempts) == (JobStatus.running, "w1", 1)
+    # A claim moves the fencing token on; only a takeover of a dead owner counts as an attempt.
+    assert (got.status, got.worker, got.attempts, got.claim) == (JobStatus.running, "w1", 0, 1)
     assert got.heartbeat_at is not None and got.started_at is not None
     assert claim(session, "w2", job_id=second.id) is second
     assert claim(session, "w3") is None
@@ -328,7 +329,7 @@ def test_a_stale_running_job_is_claimable_again(session: Session) -> None:
     again = claim(session, "w2", stale_after_s=120)
 
     assert again is job
-    assert (again.worker, again.attempts) == ("w2", 2)
+    assert (again.worker, again.attempts, again.claim) == ("w2", 1, 2)
 
 
 def test_a_fresh_running_job_is_not_claimable(session: Session) -> None:
