@@ -1,7 +1,10 @@
 """Training as a job queue in SQL: create, claim, heart-beat, run, register the model version.
 
 A job's checkpoints live under <model_dir>/jobs/<id>; a job whose heartbeat went stale (its
-worker died) can be claimed again and resumes from its last member-epoch checkpoint.
+worker died) can be claimed again and resumes from its last member-epoch checkpoint. Every claim
+moves the job's fencing token (`claim`) on; the owner writes only while the token is still its
+own, so a worker taken over while stalled stops instead of writing beside the new owner. Each
+model version is moved into a new folder of its own: no model's weights are ever replaced.
 """
 
 from __future__ import annotations
