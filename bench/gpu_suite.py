@@ -258,22 +258,32 @@ def train_and_evaluate(
     with tempfile.TemporaryDirectory(prefix=f"gpu-{name}-", dir=shm) as tmp:
         work = Path(tmp)
         stopped = False
-        try:
-            train_run(
-                params,
-                x_train,
-                train.y,
-                train.groups,
-                CLASSES,
-                work,
-                device=device,
-                progress=progress,
-                should_stop=lambda: time.monotonic() > deadline,
-                show_progress=False,
-                amp=None,
-            )
-        except TrainingStopped:
-            stopped = True
+        amp: bool | None = None  # bf16 where native, as scorer train does
+        for attempt in (1, 2):
+            try:
+                train_run(
+                    params,
+                    x_train,
+                    train.y,
+                    train.groups,
+                    CLASSES,
+                    work / str(attempt),
+                    device=device,
+                    progress=progress,
+                    should_stop=lambda: time.monotonic() > deadline,
+                    show_progress=False,
+                    amp=amp,
+                )
+            except TrainingStopped:
+                stopped = True
+            except RuntimeError as e:  # a device-specific failure: measure float32 instead
+                if attempt == 2 or amp is False:
+                    raise
+                print(f"[gpu_suite] {name}: bf16 training failed ({e!r}); float32", flush=True)
+                amp = False
+                continue
+            break
+        work = work / str(attempt)
         train_s = time.monotonic() - t0
         members = []
         for i in range(params.members):
@@ -321,6 +331,7 @@ def train_and_evaluate(
         "members_evaluated": len(members),
         "epochs_done": max(epochs_done, default=0),
         "stopped_at_deadline": stopped,
+        "train_amp": "auto (bf16 where native)" if amp is None else amp,
         "n_train": len(train.y) - len(val_idx),
         "n_val": len(val_idx),
         "train_s": round(train_s, 1),

@@ -111,7 +111,11 @@ class Ensemble:
         self.classes = list(classes)
         self.normalize = normalize
         self.amp = native_bf16(self.device) if amp is None else amp
-        self.channels_last = on_cuda if channels_last is None else (channels_last and on_cuda)
+        # NHWC for the loop only: vmap cannot run on channels_last tensors ("NYI: querying
+        # is_contiguous inside of vmap for memory_format other than torch.contiguous_format",
+        # seen on an H200), so the fused mode always runs contiguous.
+        want = on_cuda if channels_last is None else channels_last
+        self.channels_last = bool(want and on_cuda and mode == "loop")
         self.meta = dict(meta or {})
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.members = [m.to(self.device, memory_format=fmt).eval() for m in members]

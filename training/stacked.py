@@ -41,6 +41,19 @@ HEAD_BIAS = "fc.1.bias"
 DROPOUT_P = 0.2
 
 
+class Float32BatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d computed in float32 whatever autocast feeds it (same parameters and buffers).
+
+    Why: under vmap on CUDA, a bf16 activation meeting the float32 running statistics fails in
+    the backward pass ("Expected running_mean to have type BFloat16 but got Float", seen on an
+    H200 with torch 2.11), while one member outside vmap is fine. Upcasting the input makes every
+    operand float32; the next convolution casts back to bf16 under autocast. A no-op in float32.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.float())
+
+
 class StackedMembers:
     """K members of one architecture as stacked tensors, trainable in one computation.
 
@@ -59,6 +72,9 @@ class StackedMembers:
         self.buffers: dict[str, Tensor] = buffers
         body = copy.deepcopy(members[0]).to("meta")
         body.fc = nn.Identity()  # the head (dropout + linear) is applied per member below
+        for module in body.modules():
+            if type(module) is nn.BatchNorm2d:
+                module.__class__ = Float32BatchNorm2d
         body.train()
         self._body = body
         self._body_params = [n for n in self.names if n not in (HEAD_WEIGHT, HEAD_BIAS)]

@@ -166,3 +166,16 @@ def test_runtime_reads_infer_bf16(members: list[torch.nn.Module], tmp_path: Path
     for value, want in (("on", True), ("off", False), ("auto", native_bf16("cpu"))):
         rt = Runtime(Settings(data_dir=tmp_path, device="cpu", infer_bf16=value))
         assert rt.ensemble(str(tmp_path / "m")).amp is want
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_mode_on_cuda_is_fused_and_agrees_with_the_loop() -> None:
+    """The GPU worker's default. It failed on an H200 ("NYI: querying is_contiguous inside of
+    vmap ...") while the fused mode took channels_last inputs; fused now stays contiguous."""
+    members = _members(3)
+    x = torch.randn(5, 299, 40) * 20 - 60
+    auto = Ensemble(members, CLASSES, device="cuda", amp=False)
+    loop = Ensemble(members, CLASSES, device="cuda", mode="loop", amp=False)
+    assert auto.mode == "fused" and loop.channels_last
+    torch.testing.assert_close(auto.predict_proba(x), loop.predict_proba(x), atol=1e-4, rtol=0)

@@ -10,6 +10,7 @@ from torch import nn
 
 from training.model import build_member
 from training.stacked import (
+    Float32BatchNorm2d,
     StackedMembers,
     dropout_keep,
     member_optimizer_state,
@@ -211,3 +212,42 @@ def test_bf16_reaches_every_path(sequential: tuple[Path, Any], tmp_path: Path) -
             floats = [v for v in b["model"].values() if v.is_floating_point()]
             assert all(v.dtype == torch.float32 for v in floats)
             assert _rel_diff(a["model"], b["model"]) > 1e-4, mode
+
+
+def test_batchnorm_of_the_stacked_body_computes_in_float32() -> None:
+    """On CUDA, vmapped BatchNorm with bf16 activations and float32 running statistics fails in
+    backward (seen on an H200); the stacked body's BatchNorms therefore upcast their input."""
+    torch.manual_seed(0)
+    stack = StackedMembers([build_member(4, "resnet10") for _ in range(2)])
+    bns = [m for m in stack._body.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(type(m) is Float32BatchNorm2d for m in bns)
+
+    bn = Float32BatchNorm2d(8).train()
+    x = torch.randn(4, 8, 5, 5)
+    out = bn(x.bfloat16())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, nn.BatchNorm2d(8).train()(x.bfloat16().float()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = stack.forward(torch.randn(2, 3, 1, 299, 40), torch.ones(2, 3, 512))
+    logits.float().sum().backward()
+    assert all(p.grad is not None for p in stack.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_stacked_bf16_training_runs_on_cuda(tmp_path: Path) -> None:
+    x, y, groups = _task(40)
+    params = TrainParams(members=2, epochs=1, arch="resnet10")
+    result = train_run(
+        params,
+        x,
+        y,
+        groups,
+        CLASSES,
+        tmp_path,
+        device="cuda",
+        stack=2,
+        amp=True,
+        show_progress=False,
+    )
+    assert len(result.member_val_acc) == 2
