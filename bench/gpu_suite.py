@@ -298,7 +298,7 @@ def train_and_evaluate(
     if not members:
         return {"name": name, "error": "no member finished an epoch", "train_s": train_s}
     ens = Ensemble(members, CLASSES, normalize=params.normalize, device=device)
-    _, val_idx = group_split(train.groups, train.y, params.val_fraction, params.seed)
+    train_idx, val_idx = group_split(train.groups, train.y, params.val_fraction, params.seed)
 
     def member_proba(x: np.ndarray) -> np.ndarray:
         parts = [
@@ -332,11 +332,11 @@ def train_and_evaluate(
         "epochs_done": max(epochs_done, default=0),
         "stopped_at_deadline": stopped,
         "train_amp": "auto (bf16 where native)" if amp is None else amp,
-        "n_train": len(train.y) - len(val_idx),
+        "n_train": len(train_idx),
         "n_val": len(val_idx),
         "train_s": round(train_s, 1),
         "samples_per_s": round(
-            max(epochs_done, default=0) * params.members * (len(train.y) - len(val_idx)) / train_s,
+            max(epochs_done, default=0) * params.members * len(train_idx) / train_s,
             1,
         ),
         "test_eval_s": round(eval_s, 2),
