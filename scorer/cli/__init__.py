@@ -61,6 +61,7 @@ def _register() -> None:
     from scorer.cli import (
         db,
         demo,
+        distill,
         enqueue,
         evaluate,
         jobs,
@@ -73,7 +74,8 @@ def _register() -> None:
     )
 
     for module in (
-        db, demo, enqueue, evaluate, jobs, models, reconcile, results, status, train, worker,
+        db, demo, distill, enqueue, evaluate, jobs, models, reconcile, results, status, train,
+        worker,
     ):  # fmt: skip
         for command in module.COMMANDS:
             main.add_command(command)
