@@ -77,6 +77,21 @@ def native_bf16(device: str | torch.device) -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
+CUDA_BF16_MIN_BATCH = 256
+"""On CUDA, bf16 autocast pays only for big batches: on an H200 (20 × ResNet-34) it ran 0.63–0.81×
+float32 at 1 and 32 windows (its casts add kernel launches to launch-bound work) and 1.54× at 256
+(docs/BENCHMARKS.md, GPU round). Below this many windows ``auto`` runs float32 there."""
+
+
+def use_bf16(device_type: str, batch: int, amp: bool, *, auto: bool) -> bool:
+    """Whether one forward of ``batch`` windows runs in bf16 autocast. ``amp``: the ensemble's
+    setting; ``auto``: it was left to the hardware (then CUDA batches below
+    ``CUDA_BF16_MIN_BATCH`` run float32, where float32 was measured faster)."""
+    if not amp:
+        return False
+    return not (auto and device_type == "cuda" and batch < CUDA_BF16_MIN_BATCH)
+
+
 class Ensemble:
     """N members of one architecture, run in eval mode on one device.
 
@@ -111,6 +126,7 @@ class Ensemble:
         self.classes = list(classes)
         self.normalize = normalize
         self.amp = native_bf16(self.device) if amp is None else amp
+        self._amp_auto = amp is None
         # NHWC for the loop only: vmap cannot run on channels_last tensors ("NYI: querying
         # is_contiguous inside of vmap for memory_format other than torch.contiguous_format",
         # seen on an H200), so the fused mode always runs contiguous.
@@ -148,7 +164,8 @@ class Ensemble:
         x = prepare_input(x.to(self.device, non_blocking=True), self.normalize)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        amp = use_bf16(self.device.type, x.shape[0], self.amp, auto=self._amp_auto)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
             if self._fused is not None:
                 out = self._fused(self._params, self._buffers, x)
             else:
