@@ -15,11 +15,11 @@ from datetime import timedelta
 from pathlib import Path
 
 from celery import Celery
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 
 from scorer.db import queries
 from scorer.db.engine import make_sessionmaker
-from scorer.db.models import FILE_WINDOW, Prediction, Snippet, SnippetStatus, utcnow
+from scorer.db.models import Snippet, SnippetStatus, utcnow
 from scorer.manifest import Labelled
 from scorer.settings import Settings
 from worker.celery_app import INFER_TASK, PREPROCESS_QUEUE, PREPROCESS_TASK, queue_depths
@@ -81,37 +81,8 @@ def publish(
 def pending_count(engine: Engine, shas: Sequence[str], model_version_id: int | None) -> int:
     """How many of `shas` are not final yet (final = failed, or scored by the model;
     without a model: failed or preprocessed)."""
-    sessions = make_sessionmaker(engine)
-    pending = 0
-    with sessions() as s:
-        for start in range(0, len(shas), 500):
-            part = list(shas[start : start + 500])
-            failed = s.scalar(
-                select(func.count())
-                .select_from(Snippet)
-                .where(Snippet.sha256.in_(part), Snippet.status == SnippetStatus.failed)
-            )
-            if model_version_id is None:
-                done = s.scalar(
-                    select(func.count())
-                    .select_from(Snippet)
-                    .where(
-                        Snippet.sha256.in_(part),
-                        Snippet.status.in_([SnippetStatus.preprocessed, SnippetStatus.scored]),
-                    )
-                )
-            else:
-                done = s.scalar(
-                    select(func.count())
-                    .select_from(Prediction)
-                    .where(
-                        Prediction.sha256.in_(part),
-                        Prediction.model_version_id == model_version_id,
-                        Prediction.window_index == FILE_WINDOW,
-                    )
-                )
-            pending += len(part) - failed - done
-    return pending
+    with engine.connect() as conn, queries.sha_table(conn, shas) as table:
+        return queries.pending_among(conn, table, model_version_id)
 
 
 def wait_until_final(
@@ -122,56 +93,113 @@ def wait_until_final(
     poll_s: float = 1.0,
     timeout_s: float | None = None,
 ) -> int:
-    """Poll the database until every sha is final; returns how many are still pending."""
+    """Poll the database until every sha is final; returns how many are still pending.
+
+    The shas go once into a temporary table; each poll is then one aggregate query, however
+    many shas the run has (not two IN-list queries per 500)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     last = len(shas)
-    while True:
-        left = pending_count(engine, shas, model_version_id)
-        if progress and left < last:
-            progress(last - left)
-        last = left
-        if left == 0 or (deadline is not None and time.monotonic() > deadline):
-            return left
-        time.sleep(poll_s)
+    with engine.connect() as conn, queries.sha_table(conn, shas) as table:
+        while True:
+            left = queries.pending_among(conn, table, model_version_id)
+            conn.commit()  # end the read: the next poll sees the workers' new commits
+            if progress and left < last:
+                progress(last - left)
+            last = left
+            if left == 0 or (deadline is not None and time.monotonic() > deadline):
+                return left
+            time.sleep(poll_s)
 
 
-def reconcile(settings: Settings, engine: Engine, app: Celery, older_than_s: float) -> dict:
+RECONCILE_BATCH = 500
+"""Rows per reconcile batch: one read, then one transaction for the batch's writes."""
+
+
+def reconcile(
+    settings: Settings,
+    engine: Engine,
+    app: Celery,
+    older_than_s: float,
+    *,
+    limit: int | None = None,
+    wait: bool = True,
+) -> dict:
     """Re-publish what has waited too long in a non-final state, so a lost message is found
     again from the database: queued -> preprocess (bytes read again from the source path),
-    preprocessed -> infer. A source file that is gone or changed fails its row."""
+    preprocessed -> infer. A source file that is gone or changed fails its row.
+
+    Works in batches of `RECONCILE_BATCH` rows (by id), one transaction per batch, so memory and
+    transactions stay small however many rows wait. `limit`: at most that many rows per call
+    (the periodic reconciler's bound). `wait`: hold while the preprocess queue is over
+    SCORER_QUEUE_BOUND; False: stop publishing there instead (the rest waits for the next call).
+    """
     cutoff = utcnow() - timedelta(seconds=older_than_s)
     sessions = make_sessionmaker(engine)
     counts = {"preprocess": 0, "infer": 0, "failed": 0}
     with sessions() as s:
         model = queries.active_model(s)
-        stale = s.execute(
-            select(Snippet.sha256, Snippet.status, Snippet.source_path)
-            .where(Snippet.status.in_([SnippetStatus.queued, SnippetStatus.preprocessed]))
-            .where(Snippet.updated_at < cutoff)
-            .order_by(Snippet.id)
-        ).all()
-    for sha, status, source in stale:
+    after_id, seen = 0, 0
+    while limit is None or seen < limit:
+        size = RECONCILE_BATCH if limit is None else min(RECONCILE_BATCH, limit - seen)
+        with sessions() as s:
+            batch = s.execute(
+                select(Snippet.id, Snippet.sha256, Snippet.status, Snippet.source_path)
+                .where(Snippet.status.in_([SnippetStatus.queued, SnippetStatus.preprocessed]))
+                .where(Snippet.updated_at < cutoff, Snippet.id > after_id)
+                .order_by(Snippet.id)
+                .limit(size)
+            ).all()
+        if not batch:
+            break
+        after_id, seen = batch[-1][0], seen + len(batch)
+        touched, failed, full = _republish(settings, app, batch, model is not None, wait, counts)
+        with sessions.begin() as s:
+            for sha, reason in failed.items():
+                queries.mark_failed(s, sha, reason)
+            if touched:
+                s.execute(
+                    Snippet.__table__.update()
+                    .where(Snippet.sha256.in_(touched))
+                    .values(updated_at=utcnow())
+                )
+        if full:
+            break
+    return counts
+
+
+def _republish(
+    settings: Settings,
+    app: Celery,
+    batch: Sequence[tuple[int, str, SnippetStatus, str]],
+    has_model: bool,
+    wait: bool,
+    counts: dict[str, int],
+) -> tuple[list[str], dict[str, str], bool]:
+    """Send one batch's messages: (shas sent, {sha: reason} of failed ones, queue full?)."""
+    touched: list[str] = []
+    failed: dict[str, str] = {}
+    for _, sha, status, source in batch:
         if status == SnippetStatus.preprocessed:
-            if model is not None:
+            if has_model:
                 app.send_task(INFER_TASK, args=(sha,))
                 counts["infer"] += 1
-        else:
-            try:
-                data = Path(source).read_bytes()
-            except OSError as exc:
-                data, reason = None, f"source file unreadable for re-publishing: {exc.strerror}"
-            else:
-                reason = "source file changed since it was enqueued; enqueue it again"
-            if data is None or hashlib.sha256(data).hexdigest() != sha:
-                with sessions.begin() as s:
-                    queries.mark_failed(s, sha, reason)
-                counts["failed"] += 1
-                continue
+                touched.append(sha)
+            continue
+        if wait:
             wait_for_room(app, settings.queue_bound)
-            app.send_task(PREPROCESS_TASK, args=(sha, data, Path(source).name))
-            counts["preprocess"] += 1
-        with sessions.begin() as s:
-            s.execute(
-                Snippet.__table__.update().where(Snippet.sha256 == sha).values(updated_at=utcnow())
-            )
-    return counts
+        elif queue_depths(app)[PREPROCESS_QUEUE] >= settings.queue_bound:
+            return touched, failed, True
+        try:
+            data = Path(source).read_bytes()
+        except OSError as exc:
+            data, reason = None, f"source file unreadable for re-publishing: {exc.strerror}"
+        else:
+            reason = "source file changed since it was enqueued; enqueue it again"
+        if data is None or hashlib.sha256(data).hexdigest() != sha:
+            failed[sha] = reason
+            counts["failed"] += 1
+            continue
+        app.send_task(PREPROCESS_TASK, args=(sha, data, Path(source).name))
+        counts["preprocess"] += 1
+        touched.append(sha)
+    return touched, failed, False

@@ -60,7 +60,7 @@ def enqueue(
 
     from scorer.cli import EXIT_ITEMS_FAILED
     from scorer.manifest import iter_audio_files, read_manifest
-    from worker.embedded import accuracy_against_labels, run
+    from worker.embedded import run
     from worker.runtime import configure_threads
 
     settings = settings_of(ctx)
@@ -106,7 +106,8 @@ def enqueue(
         with make_sessionmaker(engine)() as s:
             model = queries.active_model(s)
         assert model is not None
-        correct, total = accuracy_against_labels(engine, list(summary.shas), model.id)
+        with engine.connect() as conn, queries.sha_table(conn, summary.shas) as run_shas:
+            correct, total = queries.label_accuracy(conn, run_shas, model.id)
         if total:
             click.echo(f"accuracy: {correct / total:.4f} ({correct}/{total} labelled files)")
     if summary.failures:

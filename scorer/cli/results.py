@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections.abc import Iterator
 
 import click
 
@@ -44,41 +45,63 @@ def results_cmd(
             raise ScorerError(
                 f"no model version {model_key!r}" if model_key else "no active model version"
             )
-        rows = queries.results(
+        rows = queries.iter_results(
             s, model.id, windows=windows, label=label, uncertain=uncertain, limit=limit
         )
-        classes = list(model.classes)
-    out = []
-    for r in rows:
-        item = {
-            "path": r["source_path"],
-            "sha256": r["sha256"],
-            "window": r["window_index"] if windows else None,
-            "start_s": r["start_s"] if windows else None,
-            "label": r["label"],
-            "confidence": round(r["confidence"], 4),
-            "disagreement": round(r["disagreement"], 4),
-            "entropy": round(r["entropy"], 4),
-            "true_label": r["true_label"],
-            **{f"p_{c}": p for c, p in zip(classes, r["probabilities"], strict=True)},
-        }
-        if not windows:
-            item.pop("window")
-            item.pop("start_s")
-        out.append(item)
-    if as_json:
-        click.echo(json.dumps(out, indent=1))
-    elif as_csv:
-        if out:
-            w = csv.DictWriter(sys.stdout, fieldnames=list(out[0]))
-            w.writeheader()
-            w.writerows(out)
-    else:
-        for item in out:
+        n = write_rows(
+            (as_item(r, list(model.classes), windows) for r in rows),
+            "json" if as_json else "csv" if as_csv else "text",
+            windows,
+        )
+    if not (as_json or as_csv):
+        click.echo(f"{n} rows, model {model.name}", err=True)
+
+
+def as_item(r: dict, classes: list[str], windows: bool) -> dict:
+    """One result row as printed: rounded scores, one p_<class> column per class."""
+    item = {
+        "path": r["source_path"],
+        "sha256": r["sha256"],
+        "window": r["window_index"] if windows else None,
+        "start_s": r["start_s"] if windows else None,
+        "label": r["label"],
+        "confidence": round(r["confidence"], 4),
+        "disagreement": round(r["disagreement"], 4),
+        "entropy": round(r["entropy"], 4),
+        "true_label": r["true_label"],
+        **{f"p_{c}": p for c, p in zip(classes, r["probabilities"], strict=True)},
+    }
+    if not windows:
+        item.pop("window")
+        item.pop("start_s")
+    return item
+
+
+def write_rows(items: Iterator[dict], fmt: str, windows: bool) -> int:
+    """Write each row as it comes (memory stays flat for millions of rows); returns the count.
+    JSON is still one valid array: "[", the rows separated by commas, "]"."""
+    n = 0
+    writer: csv.DictWriter | None = None
+    if fmt == "json":
+        sys.stdout.write("[")
+    for n, item in enumerate(items, 1):
+        if fmt == "json":
+            sys.stdout.write(("\n" if n == 1 else ",\n") + json.dumps(item))
+        elif fmt == "csv":
+            if writer is None:
+                writer = csv.DictWriter(sys.stdout, fieldnames=list(item))
+                writer.writeheader()
+            writer.writerow(item)
+        else:
             where = f" @{item['start_s']:.0f}s" if windows else ""
             truth = f" (labelled {item['true_label']})" if item["true_label"] else ""
-            click.echo(f"{item['label']:<8} {item['confidence']:.3f}  {item['path']}{where}{truth}")
-        click.echo(f"{len(out)} rows, model {model.name}", err=True)
+            sys.stdout.write(
+                f"{item['label']:<8} {item['confidence']:.3f}  {item['path']}{where}{truth}\n"
+            )
+    if fmt == "json":
+        sys.stdout.write("\n]\n" if n else "]\n")
+    sys.stdout.flush()
+    return n
 
 
 COMMANDS = [results_cmd]

@@ -6,15 +6,31 @@ re-run of the same command writes each row once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+import secrets
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    MetaData,
+    Select,
+    String,
+    Table,
+    case,
+    exists,
+    func,
+    not_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from scorer.db.models import (
+    FILE_WINDOW,
     Feature,
     ModelVersion,
     Prediction,
@@ -22,6 +38,17 @@ from scorer.db.models import (
     SnippetStatus,
     utcnow,
 )
+
+T = TypeVar("T")
+
+IN_CHUNK = 500
+"""Values per IN list: far below the bound-parameter limits (SQLite 32766, psycopg 65535)."""
+
+
+def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
+    """`items` in slices of `size`: every IN list over a run's shas goes through this."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _insert(session: Session, model: type) -> Any:
@@ -157,8 +184,6 @@ def shas_with_features(session: Session, shas: Sequence[str], frontend_version: 
 
 def shas_scored_by(session: Session, shas: Sequence[str], model_version_id: int) -> set[str]:
     """Shas that already have their per-file verdict from this model version."""
-    from scorer.db.models import FILE_WINDOW
-
     return _shas_where(
         session,
         Prediction.sha256,
@@ -213,9 +238,45 @@ def results(
     uncertain: bool = False,
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Predictions joined with their snippets: per-file verdicts, or every window."""
-    from scorer.db.models import FILE_WINDOW
+    """`iter_results` as a list (small result sets: tests, callers that need them all)."""
+    rows = iter_results(
+        session, model_version_id, windows=windows, label=label, uncertain=uncertain, limit=limit
+    )
+    return list(rows)
 
+
+RESULTS_BATCH = 1000
+"""Rows fetched per round trip while streaming results (a server-side cursor on PostgreSQL)."""
+
+
+def iter_results(
+    session: Session,
+    model_version_id: int,
+    *,
+    windows: bool = False,
+    label: str | None = None,
+    uncertain: bool = False,
+    limit: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Predictions joined with their snippets, per-file verdicts or every window, streamed
+    `RESULTS_BATCH` rows at a time: memory stays flat however many rows there are."""
+    stmt = results_query(
+        model_version_id, windows=windows, label=label, uncertain=uncertain, limit=limit
+    )
+    for r in session.execute(stmt.execution_options(yield_per=RESULTS_BATCH)):
+        yield dict(r._mapping)
+
+
+def results_query(
+    model_version_id: int,
+    *,
+    windows: bool = False,
+    label: str | None = None,
+    uncertain: bool = False,
+    limit: int | None = None,
+) -> Select[Any]:
+    """The SELECT behind `iter_results`. Its filter (model version, then window = -1 or >= 0)
+    is the prefix of ix_predictions_version_window_sha."""
     stmt = (
         select(
             Snippet.source_path,
@@ -234,7 +295,7 @@ def results(
         .where(Prediction.model_version_id == model_version_id)
     )
     if windows:
-        stmt = stmt.where(Prediction.window_index != FILE_WINDOW)
+        stmt = stmt.where(Prediction.window_index > FILE_WINDOW)
     else:
         stmt = stmt.where(Prediction.window_index == FILE_WINDOW)
     if label:
@@ -245,7 +306,7 @@ def results(
         stmt = stmt.order_by(Snippet.source_path, Prediction.window_index)
     if limit:
         stmt = stmt.limit(limit)
-    return [dict(r._mapping) for r in session.execute(stmt)]
+    return stmt
 
 
 def failures(session: Session, limit: int = 50) -> list[tuple[str, str]]:
@@ -256,3 +317,63 @@ def failures(session: Session, limit: int = 50) -> list[tuple[str, str]]:
         .limit(limit)
     )
     return [(p, e or "") for p, e in rows]
+
+
+@contextmanager
+def sha_table(conn: Connection, shas: Iterable[str]) -> Iterator[Table]:
+    """A temporary table of `shas` on this connection, dropped on exit: a whole run's shas in one
+    set-based query (`pending_among`) instead of an IN list per `IN_CHUNK`. Commits `conn`."""
+    table = Table(
+        f"run_shas_{secrets.token_hex(4)}",
+        MetaData(),
+        Column("sha256", String(64), primary_key=True),
+        prefixes=["TEMPORARY"],
+    )
+    table.create(conn)
+    rows = [{"sha256": sha} for sha in set(shas)]
+    if rows:
+        conn.execute(table.insert(), rows)
+    conn.commit()
+    try:
+        yield table
+    finally:
+        conn.rollback()
+        table.drop(conn)
+        conn.commit()
+
+
+def pending_among(conn: Connection, table: Table, model_version_id: int | None) -> int:
+    """How many shas of `table` are not final yet, in one query. Final: failed, or scored by
+    the model (per-file verdict stored); without a model: failed or preprocessed/scored."""
+    sha = table.c.sha256
+    if model_version_id is None:
+        final = exists().where(
+            Snippet.sha256 == sha,
+            Snippet.status.in_(
+                [SnippetStatus.failed, SnippetStatus.preprocessed, SnippetStatus.scored]
+            ),
+        )
+        return conn.scalar(select(func.count()).select_from(table).where(not_(final))) or 0
+    failed = exists().where(Snippet.sha256 == sha, Snippet.status == SnippetStatus.failed)
+    scored = exists().where(
+        Prediction.model_version_id == model_version_id,
+        Prediction.window_index == FILE_WINDOW,
+        Prediction.sha256 == sha,
+    )
+    stmt = select(func.count()).select_from(table).where(not_(failed), not_(scored))
+    return conn.scalar(stmt) or 0
+
+
+def label_accuracy(conn: Connection, table: Table, model_version_id: int) -> tuple[int, int]:
+    """(correct, total) of per-file verdicts against stored labels over the labelled shas of
+    `table` (a `sha_table`): one query, however many shas the run has."""
+    n, right = conn.execute(
+        select(func.count(), func.sum(case((Snippet.label == Prediction.label, 1), else_=0)))
+        .select_from(table)
+        .join(Snippet, Snippet.sha256 == table.c.sha256)
+        .join(Prediction, Prediction.sha256 == table.c.sha256)
+        .where(Prediction.model_version_id == model_version_id)
+        .where(Prediction.window_index == FILE_WINDOW)
+        .where(Snippet.label.is_not(None))
+    ).one()
+    return right or 0, n
