@@ -30,6 +30,7 @@ from scorer.settings import Settings
 from worker.celery_app import INFER_TASK, PREPROCESS_TASK
 from worker.runtime import ModelUnavailable, Runtime, configure_threads, frontend_from_settings
 from worker.stages import Item, preprocess, save_preprocessed, score
+from worker.validate import accepted_infer, rejected_preprocess
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,8 @@ def preprocess_task(  # type: ignore[no-untyped-def]
     `frontend`: the front-end parameters the producer wants (the active model's, or the
     settings' for training data); without it, the active model's at the time of the work.
     """
+    if rejected_preprocess(ctx().sessions, sha, data, name, frontend):
+        return
     c = ctx()
     token, after = _delivery(self.request)
     with c.sessions.begin() as s:
@@ -174,6 +177,7 @@ def preprocess_task(  # type: ignore[no-untyped-def]
 @shared_task(base=Batches, name=INFER_TASK, flush_every=64, flush_interval=0.2)
 def infer_task(requests) -> None:  # type: ignore[no-untyped-def]
     """One batch of {sha} messages: one fused forward of the ensemble, one bulk upsert."""
+    requests = accepted_infer(ctx().sessions, requests)
     handle_infer(
         ctx(), [(r.args[0], r.id, (r.kwargs or {}).get("after")) for r in requests if r.args]
     )

@@ -1,0 +1,80 @@
+"""worker/validate.py: only well-formed messages with a bounded front end reach the work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pipeline.frontend import FrontendConfig
+from worker.validate import InvalidMessage, check_frontend, check_infer, check_preprocess
+
+SHA = "ab" * 32
+
+
+def fe(**changes: Any) -> dict[str, Any]:
+    return {**FrontendConfig().to_dict(), **changes}
+
+
+def test_the_reference_and_other_real_front_ends_pass() -> None:
+    assert check_frontend(fe()) == FrontendConfig().to_dict()
+    assert check_frontend(fe(separation=False, n_mels=128, f_min=50)) is not None
+    assert check_frontend(None) is None
+    check_preprocess(SHA, b"RIFF", "a.wav", fe())
+    assert check_infer((SHA,), {"after": "task:0"}) == SHA
+    assert check_infer([SHA], None) == SHA
+
+
+@pytest.mark.parametrize(
+    ("frontend", "reason"),
+    [
+        (fe(window_samples=10**12), "window_samples=1000000000000 outside"),
+        (fe(n_fft=2**40), "n_fft=1099511627776 outside"),
+        (fe(n_mels=100_000), "n_mels=100000 outside"),
+        (fe(spleeter_frames=10**9), "spleeter_frames"),
+        (fe(n_frames=20_000, n_mels=512), "n_frames x n_mels"),
+        (fe(hop_length=900), "hop_length <= frame_length <= n_fft"),
+        (fe(f_max=9000.0), "f_min < f_max <= sample_rate / 2"),
+        (fe(n_mels=True), "n_mels must be int"),
+        (fe(n_mels=40.0), "n_mels must be int"),
+        (fe(separation="yes"), "separation must be bool"),
+        (fe(layout="mels_frames"), "layout must be one of"),
+        (fe(evil=1), "unknown keys evil"),
+        ({k: v for k, v in fe().items() if k != "n_mels"}, "missing keys n_mels"),
+        ([1, 2], "a dict expected, got list"),
+    ],
+)
+def test_a_front_end_out_of_bounds_is_refused(frontend: Any, reason: str) -> None:
+    with pytest.raises(InvalidMessage, match="invalid front end") as err:
+        check_frontend(frontend)
+    assert reason in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (("x" * 64, b"", "a.wav", None), "sha256 must be 64 hex digits"),
+        ((SHA.upper(), b"", "a.wav", None), "sha256 must be 64 hex digits"),
+        ((SHA, "text", "a.wav", None), "audio must be bytes"),
+        ((SHA, b"", "n" * 5000, None), "name must be a string"),
+        ((SHA, b"", None, None), "name must be a string"),
+    ],
+)
+def test_a_malformed_preprocess_message_is_refused(args: tuple, reason: str) -> None:
+    with pytest.raises(InvalidMessage, match=reason):
+        check_preprocess(*args)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "reason"),
+    [
+        ((), None, "exactly one argument"),
+        ((SHA, SHA), None, "exactly one argument"),
+        ((SHA,), {"after": "t", "more": 1}, "only the keyword 'after'"),
+        ((SHA,), {"after": "t" * 300}, "delivery token"),
+        ((12,), None, "sha256 must be 64 hex digits"),
+    ],
+)
+def test_a_malformed_infer_message_is_refused(args: tuple, kwargs: Any, reason: str) -> None:
+    with pytest.raises(InvalidMessage, match=reason):
+        check_infer(args, kwargs)

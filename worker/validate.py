@@ -1,0 +1,148 @@
+"""Checks on every message a worker takes, before any work is done for it.
+
+A message is data from the network: anyone who can write to the broker can send one. The
+front-end dict in a preprocess message sizes every buffer the worker allocates (window length,
+FFT size, mel bands, frames, Spleeter segment), so an unchecked one could make a worker allocate
+without bound. Only known keys with the right types inside fixed ranges pass; anything else
+fails that one item with a one-line reason, and the worker goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.frontend import FrontendConfig
+from scorer.db import queries
+from scorer.db.models import SnippetStatus
+
+log = logging.getLogger(__name__)
+
+SHA_RE = re.compile(r"[0-9a-f]{64}")
+MAX_NAME_CHARS = 4096
+
+# field: (type, lowest, highest). Far wider than any sensible front end, small enough that the
+# largest one still fits in a worker's memory.
+FRONTEND_LIMITS: dict[str, tuple[type, float, float]] = {
+    "sample_rate": (int, 4_000, 96_000),
+    "window_samples": (int, 1_000, 96_000 * 30),  # at most 30 s per window
+    "frame_length": (int, 16, 16_384),
+    "hop_length": (int, 1, 16_384),
+    "n_fft": (int, 16, 16_384),
+    "n_mels": (int, 1, 512),
+    "f_min": (float, 0.0, 48_000.0),
+    "f_max": (float, 1.0, 48_000.0),
+    "preemphasis": (float, 0.0, 1.0),
+    "n_frames": (int, 1, 20_000),
+    "separation": (bool, 0, 1),
+    "spleeter_frames": (int, 64, 4_096),
+    "layout": (str, 0, 0),
+}
+LAYOUTS = ("frames_mels",)
+MAX_FEATURE_VALUES = 4_000_000
+"""n_frames x n_mels of one window (the reference is 299 x 40 = 11,960)."""
+
+
+class InvalidMessage(ValueError):
+    """A message no worker should act on; the text is the item's one-line failure reason."""
+
+
+def check_sha(sha: Any) -> str:
+    if not isinstance(sha, str) or not SHA_RE.fullmatch(sha):
+        raise InvalidMessage(f"invalid message: sha256 must be 64 hex digits, got {sha!r:.80}")
+    return sha
+
+
+def check_frontend(frontend: Any) -> dict[str, Any] | None:
+    """The front-end dict of a preprocess message (None: the worker uses the active model's)."""
+    if frontend is None:
+        return None
+    if not isinstance(frontend, dict):
+        raise InvalidMessage(f"invalid front end: a dict expected, got {type(frontend).__name__}")
+    unknown = sorted(map(str, set(frontend) - set(FRONTEND_LIMITS)))
+    if unknown:
+        raise InvalidMessage(f"invalid front end: unknown keys {', '.join(unknown)[:200]}")
+    missing = sorted(set(FRONTEND_LIMITS) - set(frontend))
+    if missing:
+        raise InvalidMessage(f"invalid front end: missing keys {', '.join(missing)}")
+    for key, (kind, low, high) in FRONTEND_LIMITS.items():
+        value = frontend[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not kind:
+            raise InvalidMessage(f"invalid front end: {key} must be {kind.__name__}")
+        if kind in (int, float) and not low <= value <= high:
+            raise InvalidMessage(f"invalid front end: {key}={value} outside [{low}, {high}]")
+    f = frontend
+    if f["layout"] not in LAYOUTS:
+        raise InvalidMessage(f"invalid front end: layout must be one of {', '.join(LAYOUTS)}")
+    if not f["hop_length"] <= f["frame_length"] <= f["n_fft"]:
+        raise InvalidMessage("invalid front end: needs hop_length <= frame_length <= n_fft")
+    if not f["f_min"] < f["f_max"] <= f["sample_rate"] / 2:
+        raise InvalidMessage("invalid front end: needs f_min < f_max <= sample_rate / 2")
+    if f["n_frames"] * f["n_mels"] > MAX_FEATURE_VALUES:
+        raise InvalidMessage(f"invalid front end: n_frames x n_mels > {MAX_FEATURE_VALUES}")
+    FrontendConfig.from_dict(f)  # every key is a field: cannot fail after the checks above
+    return dict(f)
+
+
+def check_preprocess(sha: Any, data: Any, name: Any, frontend: Any) -> None:
+    """Raise InvalidMessage unless (sha, data, name, frontend) is a well-formed preprocess
+    message. The sha is checked first, so a caller can still fail that item's row."""
+    check_sha(sha)
+    if not isinstance(data, bytes):
+        raise InvalidMessage(f"invalid message: audio must be bytes, got {type(data).__name__}")
+    if not isinstance(name, str) or len(name) > MAX_NAME_CHARS:
+        raise InvalidMessage(f"invalid message: name must be a string of <= {MAX_NAME_CHARS}")
+    check_frontend(frontend)
+
+
+def check_infer(args: Any, kwargs: Any) -> str:
+    """The sha of a well-formed infer message ((sha,), {"after": token or None})."""
+    if not isinstance(args, list | tuple) or len(args) != 1:
+        raise InvalidMessage("invalid message: infer takes exactly one argument, the sha256")
+    kwargs = kwargs or {}
+    if not isinstance(kwargs, dict) or set(kwargs) - {"after"}:
+        raise InvalidMessage("invalid message: infer takes only the keyword 'after'")
+    after = kwargs.get("after")
+    if after is not None and (not isinstance(after, str) or len(after) > 255):
+        raise InvalidMessage("invalid message: 'after' must be a delivery token")
+    return check_sha(args[0])
+
+
+def rejected_preprocess(
+    sessions: sessionmaker[Session], sha: Any, data: Any, name: Any, frontend: Any
+) -> bool:
+    """True when the preprocess message is invalid: logged, and its snippet (if the sha is one
+    and the row still waits for preprocessing) failed with the reason. The task then returns."""
+    try:
+        check_preprocess(sha, data, name, frontend)
+    except InvalidMessage as exc:
+        _fail(sessions, sha, str(exc), SnippetStatus.queued)
+        return True
+    return False
+
+
+def accepted_infer(sessions: sessionmaker[Session], requests: list[Any]) -> list[Any]:
+    """The well-formed requests of an infer batch; the others are logged and their snippets
+    (where the sha is one and the row waits for inference) failed with the reason."""
+    good = []
+    for r in requests:
+        try:
+            check_infer(r.args, r.kwargs)
+        except InvalidMessage as exc:
+            sha = r.args[0] if isinstance(r.args, list | tuple) and r.args else None
+            _fail(sessions, sha, str(exc), SnippetStatus.preprocessed)
+        else:
+            good.append(r)
+    return good
+
+
+def _fail(sessions: sessionmaker[Session], sha: Any, reason: str, waiting: SnippetStatus) -> None:
+    log.error("rejected a message (%s): %s", str(sha)[:12], reason)
+    if isinstance(sha, str) and SHA_RE.fullmatch(sha):
+        with sessions.begin() as s:
+            queries.set_status(s, [sha], SnippetStatus.failed, error=reason, only_from=waiting)
