@@ -133,6 +133,12 @@ class Settings(BaseSettings):
         ge=1,
         description="`scorer reconcile` re-publishes what has waited longer than this.",
     )
+    reconcile_every_s: int = Field(
+        default=60,
+        ge=0,
+        description="The reconciler service (python -m worker.periodic) runs a bounded "
+        "reconcile this often; 0 = never.",
+    )
 
     @property
     def infer_amp(self) -> bool | None:

