@@ -139,6 +139,17 @@ class Settings(BaseSettings):
         description="The reconciler service (python -m worker.periodic) runs a bounded "
         "reconcile this often; 0 = never.",
     )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Workers serve Prometheus metrics on this port (one per worker process "
+        "tree); 0 = off.",
+    )
+    metrics_addr: str = Field(
+        default="127.0.0.1",
+        description="Address the metrics port binds to (0.0.0.0 for a scraper on another host).",
+    )
 
     @property
     def infer_amp(self) -> bool | None:

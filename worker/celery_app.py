@@ -8,7 +8,13 @@ a Redis visibility timeout longer than any task; named queues with routes; no re
 
 from __future__ import annotations
 
+import contextlib
+import time
+from datetime import datetime
+from typing import Any
+
 from celery import Celery
+from celery.signals import before_task_publish
 from kombu import Exchange, Queue
 
 from scorer.settings import Settings
@@ -19,6 +25,22 @@ QUEUES = (PREPROCESS_QUEUE, INFER_QUEUE)
 
 PREPROCESS_TASK = "scorer.preprocess"
 INFER_TASK = "scorer.infer"
+SENT_AT_HEADER = "scorer_sent_at"
+"""Unix time a message was published, or its countdown ends: workers' queue-wait metric."""
+
+
+@before_task_publish.connect
+def _stamp_sent_at(headers: dict[str, Any] | None = None, **_: object) -> None:
+    """Every message, whoever publishes it (enqueue, reconcile, a retry), carries its publish
+    time in a header, so queue wait needs no message field (worker/validate.py checks those)."""
+    if headers is None:
+        return
+    sent_at = time.time()
+    eta = headers.get("eta")
+    if isinstance(eta, str):  # a countdown: the wait starts when the message may run
+        with contextlib.suppress(ValueError):
+            sent_at = max(sent_at, datetime.fromisoformat(eta).timestamp())
+    headers[SENT_AT_HEADER] = sent_at
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -27,7 +27,8 @@ from scorer.db.engine import make_engine, make_sessionmaker
 from scorer.db.models import ModelVersion, Snippet, SnippetStatus
 from scorer.errors import ScorerError
 from scorer.settings import Settings
-from worker.celery_app import INFER_TASK, PREPROCESS_TASK
+from worker import metrics
+from worker.celery_app import INFER_TASK, PREPROCESS_TASK, SENT_AT_HEADER
 from worker.runtime import ModelUnavailable, Runtime, configure_threads, frontend_from_settings
 from worker.stages import Item, preprocess, save_preprocessed, score
 from worker.validate import accepted_infer, rejected_preprocess
@@ -132,7 +133,9 @@ def preprocess_task(  # type: ignore[no-untyped-def]
     `frontend`: the front-end parameters the producer wants (the active model's, or the
     settings' for training data); without it, the active model's at the time of the work.
     """
+    metrics.waited("preprocess", getattr(self.request, SENT_AT_HEADER, None))
     if rejected_preprocess(ctx().sessions, sha, data, name, frontend):
+        metrics.failed("preprocess", "invalid")
         return
     c = ctx()
     token, after = _delivery(self.request)
@@ -154,6 +157,7 @@ def preprocess_task(  # type: ignore[no-untyped-def]
             rt.separator  # noqa: B018  (loaded before anything is counted: a fault of this host)
         except (ScorerError, OSError) as exc:
             log.error("cannot separate on this host (%s); snippet %s waits", exc, sha[:12])
+            metrics.failed("preprocess", "config")
             raise self.retry(exc=exc, countdown=CONFIG_RETRY_S) from exc
         with c.sessions.begin() as s:
             snip = s.scalars(select(Snippet).where(Snippet.sha256 == sha)).one()
@@ -161,6 +165,7 @@ def preprocess_task(  # type: ignore[no-untyped-def]
             if attempts >= c.settings.max_attempts:
                 queries.mark_failed(s, sha, _gave_up(attempts))
                 snip.attempts, snip.in_flight = attempts, None
+                metrics.failed("preprocess", "poison")
                 return
             # Committed before the work: a delivery that dies mid-work leaves its token behind.
             snip.attempts, snip.in_flight = attempts, token
@@ -169,7 +174,9 @@ def preprocess_task(  # type: ignore[no-untyped-def]
             save_preprocessed(s, wanted.version, results)
             _clear_in_flight(s, [sha], token)
         if results[0].error is not None:
+            metrics.failed("preprocess", metrics.failure_reason(results[0].error, name))
             return
+    metrics.done("preprocess")
     if model is not None and model.frontend_version == wanted.version:
         infer_task.apply_async((sha,))  # after the commit, so the GPU worker finds the row
 
@@ -177,7 +184,13 @@ def preprocess_task(  # type: ignore[no-untyped-def]
 @shared_task(base=Batches, name=INFER_TASK, flush_every=64, flush_interval=0.2)
 def infer_task(requests) -> None:  # type: ignore[no-untyped-def]
     """One batch of {sha} messages: one fused forward of the ensemble, one bulk upsert."""
+    metrics.BATCH_SIZE.observe(len(requests))
+    for r in requests:
+        metrics.waited("infer", (getattr(r, "request_dict", None) or {}).get(SENT_AT_HEADER))
+    n = len(requests)
     requests = accepted_infer(ctx().sessions, requests)
+    if len(requests) < n:
+        metrics.failed("infer", "invalid", n - len(requests))
     handle_infer(
         ctx(), [(r.args[0], r.id, (r.kwargs or {}).get("after")) for r in requests if r.args]
     )
@@ -197,6 +210,7 @@ def handle_infer(c: Context, deliveries: list[tuple[str, str | None, str | None]
             "configuration: %s; %d snippets wait (sent again in %d s)",
             exc, len(tokens), CONFIG_RETRY_S,
         )  # fmt: skip
+        metrics.failed("infer", "config", len(tokens))
         for sha in tokens:
             infer_task.apply_async((sha,), countdown=CONFIG_RETRY_S)
     except TRANSIENT as exc:
@@ -247,6 +261,7 @@ def infer_shas(
                     .where(Snippet.sha256 == sha)
                     .values(attempts=attempts, in_flight=None)
                 )
+                metrics.failed("infer", "poison")
                 continue
             todo.append(sha)
             s.execute(
@@ -260,6 +275,7 @@ def infer_shas(
         with c.sessions.begin() as s:
             score(s, rt, model, todo)
             _clear_in_flight(s, todo)
+        metrics.done("infer", len(todo))
     except TRANSIENT:
         raise
     except (DBAPIError, ValueError, RuntimeError) as exc:
@@ -270,9 +286,11 @@ def infer_shas(
                 with c.sessions.begin() as s:
                     score(s, rt, model, [sha])
                     _clear_in_flight(s, [sha])
+                metrics.done("infer")
             except TRANSIENT:
                 raise
             except (DBAPIError, ValueError, RuntimeError) as item_exc:
                 with c.sessions.begin() as s:
                     queries.mark_failed(s, sha, f"inference failed: {item_exc}")
                     _clear_in_flight(s, [sha])
+                metrics.failed("infer", metrics.failure_reason(str(item_exc)))

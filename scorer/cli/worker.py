@@ -21,6 +21,28 @@ def _celery(ctx: click.Context):  # type: ignore[no-untyped-def]
     return settings, app
 
 
+def _serve_metrics(settings, app) -> None:  # type: ignore[no-untyped-def]
+    """SCORER_METRICS_PORT: this worker's Prometheus endpoint, queue depths read on scrape."""
+    from worker import metrics
+    from worker.celery_app import queue_depths
+
+    metrics.serve(settings, lambda: queue_depths(app))
+
+
+def _multiprocess_metrics() -> None:
+    """Prefork children count in files the parent sums (prometheus-client's multiprocess mode).
+    Must run before prometheus_client is imported: it picks its value store at import."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    import atexit
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="scorer-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+
+
 @click.group("worker")
 def worker_group() -> None:
     """Start a worker process (needs SCORER_BROKER_URL and SCORER_DATABASE_URL)."""
@@ -40,6 +62,8 @@ def worker_cpu(ctx: click.Context, concurrency: int | None, loglevel: str) -> No
     """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if settings_of(ctx).metrics_port:
+        _multiprocess_metrics()
     settings, app = _celery(ctx)
     # Separation runs on the CPU here: a CUDA context per prefork child would multiply GPU memory
     # by the number of children (GPU work belongs to the solo-pool `scorer worker gpu`).
@@ -48,6 +72,7 @@ def worker_cpu(ctx: click.Context, concurrency: int | None, loglevel: str) -> No
         update["torch_threads"] = 1
     app.conf.scorer_settings = settings.model_copy(update=update)
     n = concurrency or os.cpu_count() or 1
+    _serve_metrics(settings, app)
     app.worker_main(
         ["worker", "-Q", "preprocess", "-P", "prefork", "-c", str(n), "-n", "cpu@%h",
          "--prefetch-multiplier", "1", "-O", "fair", f"--loglevel={loglevel}"]
@@ -76,6 +101,7 @@ def worker_gpu(ctx: click.Context, also_preprocess: bool, loglevel: str) -> None
     from worker.runtime import configure_threads
 
     configure_threads(settings)
+    _serve_metrics(settings, app)
     # Prefetch must exceed the batch size, or a batch could never fill. Prefetched messages are
     # unacknowledged (acks_late): if this worker dies they are delivered again.
     queues = "infer,preprocess" if also_preprocess else "infer"
