@@ -274,7 +274,7 @@ def test_published_ports_are_on_loopback_by_default() -> None:
     for files in FILE_SETS.values():
         services = compose_json(files)["services"]
         published = [(n, p) for n, s in services.items() for p in s.get("ports") or []]
-        assert {n for n, _ in published} == {"redis", "postgres", "flower"}
+        assert {n for n, _ in published} == {"redis", "postgres", "flower", "prometheus"}
         for name, port in published:
             assert port.get("host_ip") == "127.0.0.1", (name, port)
 
@@ -284,3 +284,18 @@ def test_the_reconciler_runs_the_periodic_reconcile(spec: dict[str, Any]) -> Non
     assert words(reconciler["entrypoint"]) == ["python", "-m", "worker.periodic"]
     assert "/songs" in mount_targets(reconciler)  # it re-reads queued snippets' audio
     assert reconciler.get("restart") == "unless-stopped"
+
+
+def test_prometheus_scrapes_the_workers_metrics_ports() -> None:
+    import yaml
+
+    services = compose_json(FILE_SETS["gpu"])["services"]
+    prom = services["prometheus"]
+    assert mount_targets(prom)["/etc/prometheus/prometheus.yml"].endswith("prometheus.yml")
+    (job,) = yaml.safe_load((ROOT / "prometheus.yml").read_text())["scrape_configs"]
+    (sd,) = job["dns_sd_configs"]
+    for name in ("cpu-worker", "gpu-worker"):
+        env = env_of(services[name])
+        assert name in sd["names"]
+        assert env["SCORER_METRICS_PORT"] == str(sd["port"])  # the port the worker serves
+        assert env["SCORER_METRICS_ADDR"] == "0.0.0.0"  # reachable from the prometheus container
