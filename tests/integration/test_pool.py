@@ -1,8 +1,14 @@
 """Embedded preprocessing on a pool of single-thread processes gives the same features as the
-in-process path, and a bad file still fails alone."""
+in-process path, a bad file still fails alone, and a pool process killed mid-item costs no
+other item."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import signal
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +22,9 @@ from scorer.db.migrate import upgrade
 from scorer.db.models import Snippet, SnippetStatus
 from scorer.settings import Settings
 from worker import embedded
+from worker.pool import PreprocessPool
 from worker.runtime import frontend_from_settings
+from worker.stages import Item
 
 
 def _files(folder: Path) -> list[Path]:
@@ -56,3 +64,44 @@ def test_pool_equals_in_process(make_settings: Callable[..., Settings], tmp_path
     for path, arr in pooled.items():
         np.testing.assert_allclose(arr.astype(np.float32), single[path].astype(np.float32),
                                    atol=0.05)  # fmt: skip
+
+
+def test_a_pool_process_killed_mid_item_costs_no_other_item(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """SIGKILL one of the pool's processes while the pool works through a batch: the batch is
+    finished item by item on a new pool, every file gets its features, and nothing raises."""
+    settings = make_settings(preprocess_processes=2, separation=False)
+    clips = _files(tmp_path / "audio")
+    files = []
+    rng = np.random.default_rng(1)
+    for i in range(2):  # long files (~1 s of work each): the kill lands mid-item
+        x = 0.1 * rng.standard_normal(180 * 22_050).astype(np.float32)
+        sf.write(tmp_path / "audio" / f"long {i}.wav", x, 22_050)
+        files.append(tmp_path / "audio" / f"long {i}.wav")
+    items = [Item(hashlib.sha256(f.read_bytes()).hexdigest(), f.read_bytes(), f.name)
+             for f in [*files, *clips[1:3]]]  # fmt: skip
+    pool = PreprocessPool(settings, frontend_from_settings(settings), 2)
+    try:
+        assert all(r.error is None for r in pool.map(items[-2:]))  # both processes warm
+        first = pool._executor
+        killed: list[int] = []
+
+        def kill_one() -> None:
+            time.sleep(0.3)  # the batch below is under way: both processes hold an item
+            pid = next(iter(first._processes))
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+        killer = threading.Thread(target=kill_one)
+        killer.start()
+        items = items[:-2]
+        results = pool.map(items)
+        killer.join()
+        assert killed and pool._executor is not first  # the kill broke the pool; rebuilt
+    finally:
+        pool.close()
+    assert [r.sha256 for r in results] == [i.sha256 for i in items]  # every item answered
+    errors = {i.name: r.error for i, r in zip(items, results, strict=True) if r.error}
+    assert not errors, errors  # the killed item was retried and went through
+    assert all(r.windows is not None and len(r.windows) > 0 for r in results if not r.error)
