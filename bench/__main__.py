@@ -23,6 +23,7 @@ CASES: dict[str, str | None] = {
     "end_to_end": "bench.end_to_end",
     "celery": "bench.celery_mode",
     "memory": "bench.memory",
+    "results_memory": "bench.results_memory",
     "loading": "bench.loading",
     "training": "bench.training",
     "spleeter_frames": "bench.spleeter_frames",
