@@ -1,15 +1,19 @@
-"""Helpers shared by the commands: the engine for the current settings, schema checks."""
+"""Helpers shared by the commands: the engine for the current settings, schema checks.
+
+SQLAlchemy and Alembic are imported when an engine is made, not with this module: commands
+that need no database (`demo-data`, any `--help`) do not load them."""
 
 from __future__ import annotations
 
-import click
-from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from typing import TYPE_CHECKING
 
-from scorer.db.engine import make_engine
-from scorer.db.migrate import current_revision, head_revision
+import click
+
 from scorer.errors import ScorerError
 from scorer.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 
 def settings_of(ctx: click.Context) -> Settings:
@@ -20,6 +24,11 @@ def ready_engine(settings: Settings, *, upgrade: bool | None = None) -> Engine:
     """An engine whose schema is at head. The embedded default upgrades a fresh SQLite file by
     itself (nothing to set up on one machine); a server database must be migrated explicitly
     with `scorer db upgrade`, so that schema changes stay a deliberate step in production."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from scorer.db.engine import make_engine
+    from scorer.db.migrate import current_revision, head_revision
+
     engine = make_engine(settings)
     ctx = click.get_current_context(silent=True)
     if ctx is not None:  # close pooled connections when the command ends (CliRunner, tests)
