@@ -36,13 +36,24 @@ def member_file(i: int) -> str:
     return f"member_{i:02d}.safetensors"
 
 
-def summarize(member_probs: Tensor) -> dict[str, Tensor]:
+def calibrate(proba: Tensor, temperature: float) -> Tensor:
+    """(B, C) ensemble probabilities -> softmax(log(proba) / temperature): temperature scaling
+    of the averaged log-probabilities, so the argmax (every decision) never changes; T > 1
+    softens, T < 1 sharpens. T = 1 returns ``proba`` itself. Why the average and not each
+    member's logits: see ``training.calibration.fit_temperature``."""
+    if temperature == 1.0:
+        return proba
+    return torch.softmax(proba.float().clamp_min(1e-12).log() / temperature, dim=-1)
+
+
+def summarize(member_probs: Tensor, temperature: float = 1.0) -> dict[str, Tensor]:
     """Ensemble decision and uncertainty from the members' probabilities.
 
     ``member_probs``: (M, B, C) softmax outputs. Returns, each over the batch B:
-    ``proba`` (B, C) mean of the members; ``label_idx`` (B,) int64 argmax of ``proba``;
-    ``confidence`` (B,) its max probability; ``disagreement`` (B,) fraction of members whose own
-    argmax differs from the ensemble's (0 = unanimous, 0.5 = half the members vote elsewhere);
+    ``proba`` (B, C) mean of the members, calibrated at ``temperature``; ``label_idx`` (B,)
+    int64 argmax of ``proba``; ``confidence`` (B,) its max probability; ``disagreement`` (B,)
+    fraction of members whose own argmax differs from the ensemble's (0 = unanimous, 0.5 = half
+    the members vote elsewhere);
     ``entropy`` (B,) predictive entropy of ``proba`` in nats (0 = certain, ln C = uniform).
     """
     if member_probs.dim() != 3:
@@ -50,7 +61,7 @@ def summarize(member_probs: Tensor) -> dict[str, Tensor]:
             f"expected (M, B, C) member probabilities, got {tuple(member_probs.shape)}"
         )
     p = member_probs.float()
-    proba = p.mean(dim=0)
+    proba = calibrate(p.mean(dim=0), temperature)
     confidence, label_idx = proba.max(dim=1)
     member_idx = p.argmax(dim=2)  # (M, B)
     disagreement = (member_idx != label_idx.unsqueeze(0)).float().mean(dim=0)
@@ -100,6 +111,9 @@ class Ensemble:
     True/False force it. It moves probabilities by ~1e-3 and held-out accuracy not measurably
     (docs/RESULTS.md). ``channels_last``: NHWC memory format for the loop's convolutions, on cuda
     only (no gain on CPU). Inputs are features (B, 299, 40) or (B, 1, 299, 40), any float dtype.
+    ``temperature``: the members' mean probability is rescaled by it (``calibrate``; fitted on
+    the validation singers by training, kept in meta.json as ``temperature``); None = the meta's,
+    or 1.0 (uncalibrated, exactly as before) for a model saved without one.
     """
 
     def __init__(
@@ -113,6 +127,7 @@ class Ensemble:
         amp: bool | None = None,
         channels_last: bool | None = None,
         meta: dict[str, Any] | None = None,
+        temperature: float | None = None,
     ) -> None:
         if not members:
             raise ValueError("an ensemble needs at least one member")
@@ -133,6 +148,10 @@ class Ensemble:
         want = on_cuda if channels_last is None else channels_last
         self.channels_last = bool(want and on_cuda and mode == "loop")
         self.meta = dict(meta or {})
+        t = self.meta.get("temperature", 1.0) if temperature is None else temperature
+        if not (isinstance(t, int | float) and t > 0 and t != float("inf")):
+            raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
+        self.temperature = float(t)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.members = [m.to(self.device, memory_format=fmt).eval() for m in members]
         self._fused = self._build_fused() if mode == "fused" else None
@@ -173,16 +192,16 @@ class Ensemble:
         return out.float()
 
     def member_proba(self, x: Tensor) -> Tensor:
-        """(B, 1, 299, 40) -> (M, B, C) each member's softmax, float32."""
+        """(B, 1, 299, 40) -> (M, B, C) each member's softmax, float32 (uncalibrated)."""
         return torch.softmax(self.member_logits(x), dim=-1)
 
     def predict_proba(self, x: Tensor) -> Tensor:
-        """(B, 1, 299, 40) -> (B, C) mean of the members' softmax."""
-        return self.member_proba(x).mean(dim=0)
+        """(B, 1, 299, 40) -> (B, C) mean of the members' softmax, at ``temperature``."""
+        return calibrate(self.member_proba(x).mean(dim=0), self.temperature)
 
     def predict(self, x: Tensor) -> dict[str, Tensor]:
         """(B, 1, 299, 40) -> ``summarize`` of the members' probabilities (see there)."""
-        return summarize(self.member_proba(x))
+        return summarize(self.member_proba(x), self.temperature)
 
 
 def save_members(directory: Path, members: Sequence[nn.Module], meta: dict[str, Any]) -> Path:

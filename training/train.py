@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from training.augment import AugmentConfig, augment
+from training.calibration import calibrate, expected_calibration_error, fit_ensemble_temperature
 from training.checkpoint import (
     atomic_save,
     check_or_write_params,
@@ -101,6 +102,10 @@ class TrainResult:
     n_dropped: int
     ensemble_dir: Path
     members: list[nn.Module] = field(repr=False)
+    # temperature scaling fitted on validation (1.0 without one); ECE of the ensemble before/after
+    temperature: float = 1.0
+    val_ece: float | None = None
+    val_ece_calibrated: float | None = None
 
     def metrics(self) -> dict[str, Any]:
         """The JSON-serialisable part, for a model_versions row or meta.json."""
@@ -113,6 +118,9 @@ class TrainResult:
             "n_train": self.n_train,
             "n_val": self.n_val,
             "n_dropped": self.n_dropped,
+            "temperature": self.temperature,
+            "val_ece": self.val_ece,
+            "val_ece_calibrated": self.val_ece_calibrated,
         }
 
 
@@ -611,10 +619,16 @@ def _finish(
     n_val = sum(len(b) for b in labels)
     cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
     member_acc: list[float | None] = [None] * params.members
-    ens_acc = ens_f1 = None
+    ens_acc = ens_f1 = ece = ece_t = None
+    temperature = 1.0
     if n_val:
         mp = torch.cat(probs, dim=1)  # (M, N_val, C)
         yv = torch.cat(labels).numpy()
+        # Calibration only rescales the mean: accuracy and every argmax below are unchanged.
+        mean = mp.mean(0).numpy()
+        temperature = fit_ensemble_temperature(mean, yv)
+        ece = expected_calibration_error(mean, yv)
+        ece_t = expected_calibration_error(calibrate(mean, temperature), yv)
         pred = mp.mean(0).argmax(1).numpy()
         member_acc = [accuracy(yv, mp[k].argmax(1).numpy()) for k in range(len(members))]
         ens_acc = accuracy(yv, pred)
@@ -633,6 +647,9 @@ def _finish(
         n_dropped=len(y) - len(train_idx) - n_val,
         ensemble_dir=work_dir / ENSEMBLE_DIR,
         members=ens.members,
+        temperature=temperature,
+        val_ece=ece,
+        val_ece_calibrated=ece_t,
     )
     save_members(
         result.ensemble_dir,
@@ -644,6 +661,7 @@ def _finish(
             "normalize": params.normalize,
             "train_params": params.to_dict(),
             "metrics": result.metrics(),
+            "temperature": temperature,
         },
     )
     log.info("ensemble val acc %s (members %s)", ens_acc, member_acc)

@@ -7,10 +7,15 @@ import pytest
 
 from training.calibration import (
     accuracy_vs_members,
+    calibrate,
     expected_calibration_error,
+    fit_ensemble_temperature,
+    fit_temperature,
     majority_vote,
     member_counts,
     reliability_bins,
+    softmax,
+    tempered_proba,
 )
 
 
@@ -110,3 +115,55 @@ def test_majority_vote_counts_windows_and_breaks_ties_by_mean() -> None:
     assert majority_vote(votes).tolist() == [1.0, 0.0, 0.0]
     tie = np.array([[0.55, 0.45], [0.1, 0.9]])  # one vote each; class 1 has the higher mean
     assert majority_vote(tie).tolist() == [0.0, 1.0]
+
+
+def synthetic_logits(temperature: float, n: int = 4000, seed: int = 0) -> tuple:
+    """Labels drawn from softmax(z / temperature): T is the one temperature that calibrates z."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.0, 3.0, size=(n, 4))
+    p = softmax(z, temperature)
+    y = np.array([rng.choice(4, p=row) for row in p])
+    return z, y
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.5])
+def test_fit_temperature_recovers_a_known_temperature(temperature: float) -> None:
+    z, y = synthetic_logits(temperature)
+    fitted = fit_temperature(z, y)
+    assert fitted == pytest.approx(temperature, rel=0.1)
+    before, after = (
+        expected_calibration_error(softmax(z), y),
+        expected_calibration_error(softmax(z, fitted), y),
+    )
+    assert after < 0.03  # calibrated, up to sampling noise
+    assert temperature == 1.0 or before > 0.05  # and miscalibrated before, where T != 1
+
+
+def test_fit_temperature_on_members_matches_the_ensemble_and_log_probabilities() -> None:
+    z, y = synthetic_logits(2.0, n=2000)
+    members = np.stack([z, z + 0.3])  # (M, N, C): a shifted copy is the same softmax
+    fitted = fit_temperature(members, y)
+    assert fitted == pytest.approx(fit_temperature(z, y), rel=1e-3)
+    # log-probabilities differ from logits by a per-sample constant: the same temperature
+    assert fit_temperature(np.log(softmax(z)), y) == pytest.approx(fitted, rel=1e-3)
+    assert tempered_proba(members, fitted) == pytest.approx(softmax(z, fitted))
+
+
+def test_ensemble_temperature_is_recovered_and_never_changes_a_decision() -> None:
+    z, y = synthetic_logits(2.0)
+    rng = np.random.default_rng(1)
+    members = np.stack([z + rng.normal(0, 1.0, z.shape) for _ in range(3)])  # they disagree
+    mean = tempered_proba(members)
+    fitted = fit_ensemble_temperature(mean, y)
+    assert fitted > 1.5  # the labels are softer than the sharp members say
+    for t in (0.3, fitted, 4.0):
+        assert (calibrate(mean, t).argmax(1) == mean.argmax(1)).all()
+    assert expected_calibration_error(calibrate(mean, fitted), y) < expected_calibration_error(
+        mean, y
+    )
+
+
+def test_fit_temperature_refuses_bad_shapes_and_leaves_no_data_alone() -> None:
+    with pytest.raises(ValueError, match="labels"):
+        fit_temperature(np.zeros((5, 3)), np.zeros(4))
+    assert fit_temperature(np.zeros((0, 3)), np.zeros(0)) == 1.0

@@ -190,3 +190,33 @@ def test_bf16_on_cuda_only_for_big_batches_when_left_to_the_hardware() -> None:
     assert use_bf16("cuda", 1, True, auto=False)  # asked for explicitly: always
     assert use_bf16("cpu", 1, True, auto=True)  # a CPU with native bf16 gains at every batch
     assert not use_bf16("cuda", 512, False, auto=False)
+
+
+def test_saved_temperature_is_loaded_and_applied(
+    members: list[torch.nn.Module], tmp_path: Path
+) -> None:
+    meta = {"classes": CLASSES, "arch": "resnet10", "normalize": "none"}
+    save_members(tmp_path / "raw", members, meta)
+    save_members(tmp_path / "cal", members, {**meta, "temperature": 2.0})
+    raw = load_ensemble(tmp_path / "raw", "cpu", amp=False)
+    cal = load_ensemble(tmp_path / "cal", "cpu", amp=False)
+    assert raw.temperature == 1.0 and cal.temperature == 2.0  # no temperature: as before
+    x = torch.randn(5, 299, 40) * 20 - 60
+    members_p = raw.member_proba(x)
+    assert torch.equal(cal.member_proba(x), members_p)  # members stay as they are
+    mean = members_p.mean(0)
+    assert torch.equal(raw.predict_proba(x), mean) and torch.equal(raw.predict(x)["proba"], mean)
+    expected = torch.softmax(mean.log() / 2.0, -1)
+    assert torch.allclose(cal.predict_proba(x), expected, atol=1e-6)
+    assert torch.allclose(cal.predict(x)["proba"], expected, atol=1e-6)
+    # a softer ensemble (T > 1): higher entropy, lower confidence, the same decisions
+    r, c = raw.predict(x), cal.predict(x)
+    assert (c["entropy"] > r["entropy"]).all() and (c["confidence"] < r["confidence"]).all()
+    assert torch.equal(c["label_idx"], r["label_idx"])
+    assert torch.equal(c["disagreement"], r["disagreement"])
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("inf"), "2"])
+def test_invalid_temperature_is_refused(members: list[torch.nn.Module], bad: object) -> None:
+    with pytest.raises(ValueError, match="temperature"):
+        Ensemble(members, CLASSES, meta={"temperature": bad})

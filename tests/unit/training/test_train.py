@@ -103,6 +103,12 @@ def test_saved_ensemble_round_trip_gives_same_predictions(finished: tuple) -> No
             [torch.softmax(m.eval()(x[:, None].float()), 1) for m in result.members]
         )
     assert torch.equal(ens.member_proba(x), expected)
+    # the temperature fitted on validation goes with the weights and is applied when scoring
+    assert ens.temperature == ens.meta["temperature"] == result.temperature != 1.0
+    assert ens.meta["metrics"]["temperature"] == result.temperature
+    assert ens.meta["metrics"]["val_ece_calibrated"] <= ens.meta["metrics"]["val_ece"] + 1e-9
+    calibrated = torch.softmax(expected.mean(0).log() / result.temperature, 1)
+    assert torch.allclose(ens.predict_proba(x), calibrated, atol=1e-6)
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(finished: tuple, tmp_path: Path) -> None:
