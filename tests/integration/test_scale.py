@@ -73,6 +73,12 @@ def big(engine: Engine, dialect: str) -> Iterator[tuple[Engine, int]]:
                 f" {source} WHERE i % 7 != 0 AND i % 10 != 3"
             ).bindparams(now, model=model_id)
         )
+        s.execute(  # where each content was enqueued (results are listed per path)
+            text(
+                "INSERT INTO source_paths (path, sha256, seen_at)"
+                " SELECT source_path, sha256, :now FROM snippets"
+            ).bindparams(now)
+        )
     yield engine, model_id
     if dialect == "sqlite":
         engine.dispose()
