@@ -38,9 +38,10 @@ def _multiprocess_metrics() -> None:
     import shutil
     import tempfile
 
-    path = tempfile.mkdtemp(prefix="scorer-metrics-")
+    path, parent = tempfile.mkdtemp(prefix="scorer-metrics-"), os.getpid()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    # Only the parent removes it: a forked child inherits atexit handlers.
+    atexit.register(lambda: os.getpid() == parent and shutil.rmtree(path, ignore_errors=True))
 
 
 @click.group("worker")

@@ -109,6 +109,7 @@ def start_worker(kind: str, settings: Settings, port: int, log: Path) -> subproc
         SCORER_TORCH_THREADS="1",
         SCORER_METRICS_PORT=str(port),
         SCORER_BATCH_FLUSH_MS="300",
+        TMPDIR=str(log.parent / "tmp"),
     )
     args = ["-c", "1"] if kind == "cpu" else []
     with log.open("w") as out:
@@ -132,6 +133,7 @@ def test_workers_export_stage_counts_batches_waits_failures_and_queue_depths(
     settings: Settings, tmp_path: Path
 ) -> None:
     cpu_port, gpu_port = free_port(), free_port()
+    (tmp_path / "tmp").mkdir()
     procs = [
         start_worker("cpu", settings, cpu_port, tmp_path / "cpu.log"),
         start_worker("gpu", settings, gpu_port, tmp_path / "gpu.log"),
@@ -173,6 +175,7 @@ def test_workers_export_stage_counts_batches_waits_failures_and_queue_depths(
             assert time.monotonic() < deadline, (cpu, gpu, (tmp_path / "gpu.log").read_text())
             time.sleep(0.5)
         cpu = scrape(cpu_port)
+        assert len(list((tmp_path / "tmp").glob("scorer-metrics-*"))) == 1
         assert cpu['scorer_items_total{stage="preprocess"}'] == N_GOOD
         assert cpu['scorer_failures_total{reason="decode",stage="preprocess"}'] == 1
         assert cpu['scorer_queue_wait_seconds_count{stage="preprocess"}'] == N_GOOD + 1
@@ -190,3 +193,5 @@ def test_workers_export_stage_counts_batches_waits_failures_and_queue_depths(
     finally:
         for p in procs:
             stop(p)
+    # the CPU worker's multiprocess files went with it (and only it removed them)
+    assert list((tmp_path / "tmp").glob("scorer-metrics-*")) == []
