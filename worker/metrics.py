@@ -1,4 +1,4 @@
-"""Prometheus metrics of a worker, served on SCORER_METRICS_PORT (0 = off).
+"""Prometheus metrics of a worker (cpu, gpu, train), served on SCORER_METRICS_PORT (0 = off).
 
 What operators of batch-inference servers ask for first: items done per stage (rate() gives
 items/s), the GPU worker's batch sizes, queue wait (publish -> start of work, from the
@@ -65,6 +65,15 @@ _NEEDLES = (
     ("nan or infinite", "decode"),
     ("invalid", "invalid"),
 )
+
+TRAINING_JOBS = Counter(
+    "scorer_training_jobs",
+    "Training jobs a train worker ran, by outcome: done (model registered), stopped (a reason "
+    "the job records: cancelled, refused, failed), error (unexpected; the job is released).",
+    ["outcome"],
+)
+for _outcome in ("done", "stopped", "error"):
+    TRAINING_JOBS.labels(_outcome)  # shown as 0 from the first scrape
 
 
 def failure_reason(error: str, name: str = "") -> str:

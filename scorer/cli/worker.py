@@ -129,6 +129,7 @@ def worker_train(ctx: click.Context, poll: float, once: bool) -> None:
 
     from scorer.db.engine import make_sessionmaker
     from scorer.errors import ScorerError
+    from worker import metrics
     from worker.runtime import Runtime, configure_threads
     from worker.training_job import claim, run_job, worker_name
 
@@ -139,6 +140,7 @@ def worker_train(ctx: click.Context, poll: float, once: bool) -> None:
     # `docker stop` sends SIGTERM: unwind (run_job puts the job back to pending) instead of dying.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sessions = make_sessionmaker(engine)
+    metrics.serve(settings)
     me = worker_name()
     stderr(f"training worker {me} waiting for jobs")
     while True:
@@ -158,9 +160,12 @@ def worker_train(ctx: click.Context, poll: float, once: bool) -> None:
         try:
             mv = run_job(engine, Runtime(settings), job_id, token, show_progress=False)
             stderr(f"training job {job_id} done: model version {mv.name}")
+            metrics.TRAINING_JOBS.labels("done").inc()
         except ScorerError as exc:
             stderr(f"training job {job_id}: {exc}")
+            metrics.TRAINING_JOBS.labels("stopped").inc()
         except Exception as exc:
+            metrics.TRAINING_JOBS.labels("error").inc()
             log.exception("training job %d: unexpected error", job_id)
             stderr(f"training job {job_id}: {type(exc).__name__}: {exc} (logged; job released)")
         if once:

@@ -111,7 +111,7 @@ def start_worker(kind: str, settings: Settings, port: int, log: Path) -> subproc
         SCORER_BATCH_FLUSH_MS="300",
         TMPDIR=str(log.parent / "tmp"),
     )
-    args = ["-c", "1"] if kind == "cpu" else []
+    args = {"cpu": ["-c", "1"], "train": ["--poll", "0.5"]}.get(kind, [])
     with log.open("w") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "scorer", "worker", kind, *args],
@@ -195,3 +195,19 @@ def test_workers_export_stage_counts_batches_waits_failures_and_queue_depths(
             stop(p)
     # the CPU worker's multiprocess files went with it (and only it removed them)
     assert list((tmp_path / "tmp").glob("scorer-metrics-*")) == []
+
+
+def test_the_train_worker_exports_its_job_counts(settings: Settings, tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "tmp").mkdir()
+    proc = start_worker("train", settings, port, tmp_path / "train.log")
+    try:
+        deadline = time.monotonic() + 60
+        while not (got := scrape(port)):
+            assert proc.poll() is None, (tmp_path / "train.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "metrics endpoint did not answer"
+            time.sleep(0.3)
+        for outcome in ("done", "stopped", "error"):
+            assert got[f'scorer_training_jobs_total{{outcome="{outcome}"}}'] == 0
+    finally:
+        stop(proc)

@@ -294,7 +294,7 @@ def test_prometheus_scrapes_the_workers_metrics_ports() -> None:
     assert mount_targets(prom)["/etc/prometheus/prometheus.yml"].endswith("prometheus.yml")
     (job,) = yaml.safe_load((ROOT / "prometheus.yml").read_text())["scrape_configs"]
     (sd,) = job["dns_sd_configs"]
-    for name in ("cpu-worker", "gpu-worker"):
+    for name in ("cpu-worker", "gpu-worker", "train-worker"):
         env = env_of(services[name])
         assert name in sd["names"]
         assert env["SCORER_METRICS_PORT"] == str(sd["port"])  # the port the worker serves
