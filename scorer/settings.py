@@ -93,6 +93,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Longer files fail with a clear reason instead of filling memory.",
     )
+    max_file_mb: float = Field(
+        default=2048.0,
+        gt=0,
+        description="Larger input files fail (checked by stat, before a byte is read).",
+    )
     min_tail_s: float = Field(
         default=1.0,
         ge=0,

@@ -7,10 +7,10 @@ features is not preprocessed again; content already scored by the active model i
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine, select
@@ -19,9 +19,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from pipeline.frontend import FrontendConfig
 from scorer.db import queries
 from scorer.db.engine import make_sessionmaker
-from scorer.db.models import FILE_WINDOW, ModelVersion, Prediction, Snippet, SnippetStatus
+from scorer.db.models import (
+    FILE_WINDOW,
+    ModelVersion,
+    Prediction,
+    Snippet,
+    SnippetStatus,
+    utcnow,
+)
 from scorer.manifest import Labelled
 from scorer.settings import Settings
+from worker.inputs import MB, Skipped, absolute, find_source, read_input, unreadable_sha
 from worker.pool import PreprocessPool, processes_for
 from worker.runtime import Runtime, frontend_from_settings
 from worker.stages import Item, preprocess, save_preprocessed, score
@@ -38,26 +46,31 @@ class RunSummary:
     preprocessed: int = 0
     scored: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): no row
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, why left queued)
+    recovered: int = 0  # rows an earlier run left unfinished, taken up by this one
     shas: dict[str, str] = field(default_factory=dict)  # sha -> path, every file of this run
     model_name: str | None = None
 
 
-def unreadable_sha(path: Path) -> str:
-    """A stand-in key for a file whose bytes cannot be read, so it still gets its `failed` row."""
-    return hashlib.sha256(b"unreadable:" + str(path).encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def read_file(path: Path) -> tuple[str, bytes | None, str | None]:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        return unreadable_sha(path), None, f"cannot read file: {reason}"
-    return hashlib.sha256(data).hexdigest(), data, None
+def read_file(path: Path, max_bytes: int = 1 << 62) -> tuple[str, bytes | None, str | None]:
+    """`read_input` for callers that have no use for a skip: a skip becomes the error."""
+    got = read_input(path, max_bytes)
+    if isinstance(got, Skipped):
+        return unreadable_sha(path), None, got.reason
+    return got
 
 
 Read = tuple[Path, str, bytes | None, str | None]
 """(path, sha256, bytes or None, why it could not be read or None)"""
+
+
+def label_key(path: Path) -> Path:
+    """The key of `path` in a labels manifest (resolved paths); a loop resolves to itself."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path
 
 
 def ingest(
@@ -66,13 +79,25 @@ def ingest(
     labels: dict[Path, Labelled],
     summary: RunSummary,
     retry_failed: bool,
+    *,
+    max_bytes: int,
 ) -> list[Read]:
-    """Read and hash `chunk`, insert-or-ignore its snippet rows (labels filled in), fail the
-    unreadable ones; with `retry_failed`, failed content goes back to queued. One transaction."""
-    read = [(p, *read_file(p)) for p in chunk]
+    """Read and hash `chunk` (regular files of at most `max_bytes`; the others go to
+    `summary.skipped`), insert-or-ignore its snippet rows (labels filled in) and its
+    (path, sha) records, fail the unreadable ones; with `retry_failed`, failed content goes back
+    to queued. Paths are stored absolute, so reconcile finds them from any working directory.
+    One transaction."""
+    read: list[Read] = []
+    for given in chunk:
+        path = absolute(given)
+        got = read_input(path, max_bytes)
+        if isinstance(got, Skipped):
+            summary.skipped.append((str(got.path), got.reason))
+        else:
+            read.append((path, *got))
     rows = []
     for path, sha, data, _ in read:
-        lab = labels.get(path.resolve())
+        lab = labels.get(label_key(path))
         rows.append(
             {
                 "sha256": sha,
@@ -85,6 +110,7 @@ def ingest(
         summary.shas.setdefault(sha, str(path))
     with sessions.begin() as s:
         summary.new += len(queries.add_snippets(s, rows))
+        queries.add_source_paths(s, [(str(path), sha) for path, sha, _, _ in read])
         for _, sha, _, error in read:
             if error:
                 queries.mark_failed(s, sha, error)
@@ -120,14 +146,22 @@ def run(
     score_with_model: bool = True,
     retry_failed: bool = False,
     progress: Callable[[int], None] | None = None,
+    recover: Sequence[SnippetStatus] = (),
+    recover_older_than_s: float = 0.0,
 ) -> RunSummary:
-    """Ingest `paths`, preprocess what has no features yet, score with the active model."""
+    """Ingest `paths`, preprocess what has no features yet, score with the active model.
+
+    `recover`: also finish the rows in these states that an earlier run left behind (a crash;
+    embedded mode has no broker to redeliver them), read again from where they were seen; one
+    whose source cannot be reached stays queued with a warning."""
     labels = labels or {}
     sessions = make_sessionmaker(engine)
     summary = RunSummary(files=len(paths))
     model, frontend = model_and_frontend(settings, sessions, score_with_model)
     rt = Runtime(settings, frontend_override=frontend)
     summary.model_name = model.name if model else None
+    max_bytes = int(settings.max_file_mb * MB)
+    leftovers = leftover_shas(sessions, recover, recover_older_than_s) if recover else []
     pending: list[str] = []
     pending_windows = 0
 
@@ -139,52 +173,112 @@ def run(
             summary.scored += len(score(s, rt, model, pending))
         pending, pending_windows = [], 0
 
-    n_procs = processes_for(settings, len(paths))
+    def process(read: list[Read]) -> None:
+        """Preprocess what has no features of this front end, queue the rest for scoring."""
+        nonlocal pending_windows
+        with sessions() as s:
+            state = snippet_state(s, [sha for _, sha, _, _ in read], rt.frontend.version, model)
+        todo: dict[str, Item] = {}
+        where: dict[str, str] = {}
+        for path, sha, data, error in read:
+            status, has_features, _, reason = state[sha]
+            where.setdefault(sha, str(path))
+            if error or status == SnippetStatus.failed:
+                summary.failures.append((str(path), error or reason or "failed"))
+            elif not has_features and sha not in todo:
+                todo[sha] = Item(sha, data or b"", path.name)
+        items = list(todo.values())
+        results = pool.map(items) if pool is not None else preprocess(rt, items)
+        with sessions.begin() as s:
+            save_preprocessed(s, rt.frontend.version, results)
+        fresh: dict[str, int] = {}
+        for r in results:
+            if r.error is not None:
+                summary.failures.append((where[r.sha256], r.error))
+            elif r.windows is not None:
+                fresh[r.sha256] = int(r.windows.shape[0])
+        summary.preprocessed += len(fresh)
+        for sha in dict.fromkeys(sha for _, sha, _, error in read if not error):
+            status, has_features, scored, _ = state[sha]
+            if scored or sha in pending or not (has_features or sha in fresh):
+                continue
+            if status == SnippetStatus.failed:
+                continue
+            pending.append(sha)
+            pending_windows += fresh.get(sha, 1)
+        if pending_windows >= settings.infer_batch:
+            flush()
+
+    n_procs = processes_for(settings, len(paths) + len(leftovers))
     pool = PreprocessPool(settings, rt.frontend, n_procs) if n_procs > 1 else None
     step = max(settings.preprocess_batch, 4 * n_procs)
     try:
         for start in range(0, len(paths), step):
             chunk = paths[start : start + step]
-            read = ingest(sessions, chunk, labels, summary, retry_failed)
-            with sessions() as s:
-                state = snippet_state(s, [sha for _, sha, _, _ in read], rt.frontend.version, model)
-            todo: dict[str, Item] = {}
-            where: dict[str, str] = {}
-            for path, sha, data, error in read:
-                status, has_features, _, reason = state[sha]
-                where.setdefault(sha, str(path))
-                if error or status == SnippetStatus.failed:
-                    summary.failures.append((str(path), error or reason or "failed"))
-                elif not has_features and sha not in todo:
-                    todo[sha] = Item(sha, data or b"", path.name)
-            items = list(todo.values())
-            results = pool.map(items) if pool is not None else preprocess(rt, items)
-            with sessions.begin() as s:
-                save_preprocessed(s, rt.frontend.version, results)
-            fresh: dict[str, int] = {}
-            for r in results:
-                if r.error is not None:
-                    summary.failures.append((where[r.sha256], r.error))
-                elif r.windows is not None:
-                    fresh[r.sha256] = int(r.windows.shape[0])
-            summary.preprocessed += len(fresh)
-            for sha in dict.fromkeys(sha for _, sha, _, error in read if not error):
-                _, has_features, scored, _ = state[sha]
-                if scored or sha in pending or not (has_features or sha in fresh):
-                    continue
-                if state[sha][0] == SnippetStatus.failed:
-                    continue
-                pending.append(sha)
-                pending_windows += fresh.get(sha, 1)
-            if pending_windows >= settings.infer_batch:
-                flush()
+            process(ingest(sessions, chunk, labels, summary, retry_failed, max_bytes=max_bytes))
             if progress:
                 progress(len(chunk))
+        for start in range(0, len(leftovers), step):
+            read = reread(sessions, leftovers[start : start + step], rt, max_bytes, summary)
+            summary.recovered += len(read)
+            process(read)
         flush()
     finally:
         if pool is not None:
             pool.close()
     return summary
+
+
+def leftover_shas(
+    sessions: sessionmaker[Session], statuses: Sequence[SnippetStatus], older_than_s: float
+) -> list[str]:
+    """Shas in `statuses` not touched for `older_than_s` seconds (taken before this run's own
+    rows exist, so only what earlier runs left behind)."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    with sessions() as s:
+        return list(
+            s.scalars(
+                select(Snippet.sha256)
+                .where(Snippet.status.in_(list(statuses)), Snippet.updated_at <= cutoff)
+                .order_by(Snippet.id)
+            )
+        )
+
+
+def reread(
+    sessions: sessionmaker[Session],
+    shas: Sequence[str],
+    rt: Runtime,
+    max_bytes: int,
+    summary: RunSummary,
+) -> list[Read]:
+    """Reads for left-over `shas`: no bytes needed where features exist, else read again from
+    a path that still holds them. Unreachable: a warning, the row stays queued. Changed at every
+    path that could be read: the content is gone, the row fails."""
+    with sessions() as s:
+        feats = queries.shas_with_features(s, list(shas), rt.frontend.version)
+        paths = queries.paths_of(s, list(shas))
+    out: list[Read] = []
+    gone: dict[str, str] = {}
+    for sha in shas:
+        known = paths.get(sha, [])
+        if sha in feats:
+            out.append((Path(known[0] if known else sha), sha, None, None))
+            continue
+        found = find_source(known, sha, max_bytes)
+        if found.data is not None and found.path is not None:
+            out.append((found.path, sha, found.data, None))
+        elif found.changed:
+            gone[sha] = f"{found.reason}; enqueue it again"
+            summary.failures.append((known[0], gone[sha]))
+        else:
+            shown = known[0] if known else sha
+            summary.warnings.append((shown, f"source unreachable, left queued: {found.reason}"))
+    if gone:
+        with sessions.begin() as s:
+            for sha, reason in gone.items():
+                queries.mark_failed(s, sha, reason)
+    return out
 
 
 def snippet_state(

@@ -14,14 +14,14 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from pipeline.frontend import FrontendConfig
 from scorer.settings import Settings
 from worker.runtime import Runtime
-from worker.stages import Item, Preprocessed, preprocess
+from worker.stages import Item, Preprocessed, one_line, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,10 @@ def _init(settings: dict[str, Any], frontend: dict[str, Any]) -> None:
 
 def _one(item: Item) -> Preprocessed:
     assert _runtime is not None
-    return preprocess(_runtime, [item])[0]
+    try:
+        return preprocess(_runtime, [item])[0]
+    except Exception as exc:  # preprocess fails items itself; this is the last boundary
+        return Preprocessed(item.sha256, error=f"preprocessing failed: {one_line(exc)}")
 
 
 class PreprocessPool:
@@ -60,7 +63,7 @@ class PreprocessPool:
 
     def map(self, items: list[Item]) -> list[Preprocessed]:
         try:
-            return list(self._executor.map(_one, items))
+            return [self._result(f, item) for f, item in self._submit(items)]
         except BrokenProcessPool:
             log.warning("a preprocessing process died; retrying %d items one by one", len(items))
         out = []
@@ -68,11 +71,25 @@ class PreprocessPool:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = self._new()
             try:
-                out.append(self._executor.submit(_one, item).result())
+                out.append(self._result(self._executor.submit(_one, item), item))
             except BrokenProcessPool:
                 out.append(Preprocessed(item.sha256, error="the preprocessing process died on "
                                         "this file (out of memory?)"))  # fmt: skip
         return out
+
+    def _submit(self, items: list[Item]) -> list[tuple[Future[Preprocessed], Item]]:
+        return [(self._executor.submit(_one, item), item) for item in items]
+
+    @staticmethod
+    def _result(future: Future[Preprocessed], item: Item) -> Preprocessed:
+        """The item's result; an error that is not the pool's (a result that cannot be sent
+        back, MemoryError) fails this item alone. A dead process raises BrokenProcessPool."""
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            raise
+        except Exception as exc:
+            return Preprocessed(item.sha256, error=f"preprocessing failed: {one_line(exc)}")
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -7,7 +7,6 @@ content that is already scored, and `reconcile` can re-publish anything a lost m
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from scorer.manifest import Labelled
 from scorer.settings import Settings
 from worker.celery_app import INFER_TASK, PREPROCESS_QUEUE, PREPROCESS_TASK, queue_depths
 from worker.embedded import RunSummary, ingest, model_and_frontend, snippet_state
+from worker.inputs import MB, find_source
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,10 @@ def publish(
     model, frontend = model_and_frontend(settings, sessions, score_with_model)
     summary.model_name = model.name if model else None
     step = settings.preprocess_batch
+    max_bytes = int(settings.max_file_mb * MB)
     for start in range(0, len(paths), step):
         chunk = paths[start : start + step]
-        read = ingest(sessions, chunk, labels, summary, retry_failed)
+        read = ingest(sessions, chunk, labels, summary, retry_failed, max_bytes=max_bytes)
         with sessions() as s:
             state = snippet_state(s, [sha for _, sha, _, _ in read], frontend.version, model)
         sent: set[str] = set()
@@ -126,7 +127,9 @@ def reconcile(
 ) -> dict:
     """Re-publish what has waited too long in a non-final state, so a lost message is found
     again from the database: queued -> preprocess (bytes read again from the source path),
-    preprocessed -> infer. A source file that is gone or changed fails its row.
+    preprocessed -> infer. The bytes are read again from any path the content was seen at; a
+    content that no readable path holds any more fails its row, one whose paths cannot be
+    reached (a mount away, another host's path) stays queued with a warning.
 
     Works in batches of `RECONCILE_BATCH` rows (by id), one transaction per batch, so memory and
     transactions stay small however many rows wait. `limit`: at most that many rows per call
@@ -135,7 +138,7 @@ def reconcile(
     """
     cutoff = utcnow() - timedelta(seconds=older_than_s)
     sessions = make_sessionmaker(engine)
-    counts = {"preprocess": 0, "infer": 0, "failed": 0}
+    counts = {"preprocess": 0, "infer": 0, "failed": 0, "unreachable": 0}
     with sessions() as s:
         model = queries.active_model(s)
     after_id, seen = 0, 0
@@ -152,7 +155,9 @@ def reconcile(
         if not batch:
             break
         after_id, seen = batch[-1][0], seen + len(batch)
-        touched, failed, full = _republish(settings, app, batch, model is not None, wait, counts)
+        touched, failed, full = _republish(
+            settings, engine, app, batch, model is not None, wait, counts
+        )
         with sessions.begin() as s:
             for sha, reason in failed.items():
                 queries.mark_failed(s, sha, reason)
@@ -169,6 +174,7 @@ def reconcile(
 
 def _republish(
     settings: Settings,
+    engine: Engine,
     app: Celery,
     batch: Sequence[tuple[int, str, SnippetStatus, str]],
     has_model: bool,
@@ -178,6 +184,9 @@ def _republish(
     """Send one batch's messages: (shas sent, {sha: reason} of failed ones, queue full?)."""
     touched: list[str] = []
     failed: dict[str, str] = {}
+    queued = [sha for _, sha, status, _ in batch if status == SnippetStatus.queued]
+    with make_sessionmaker(engine)() as s:
+        paths = queries.paths_of(s, queued) if queued else {}
     for _, sha, status, source in batch:
         if status == SnippetStatus.preprocessed:
             if has_model:
@@ -189,17 +198,16 @@ def _republish(
             wait_for_room(app, settings.queue_bound)
         elif queue_depths(app)[PREPROCESS_QUEUE] >= settings.queue_bound:
             return touched, failed, True
-        try:
-            data = Path(source).read_bytes()
-        except OSError as exc:
-            data, reason = None, f"source file unreadable for re-publishing: {exc.strerror}"
-        else:
-            reason = "source file changed since it was enqueued; enqueue it again"
-        if data is None or hashlib.sha256(data).hexdigest() != sha:
-            failed[sha] = reason
+        found = find_source(paths.get(sha, [source]), sha, int(settings.max_file_mb * MB))
+        if found.changed:
+            failed[sha] = f"{found.reason}; enqueue it again"
             counts["failed"] += 1
             continue
-        app.send_task(PREPROCESS_TASK, args=(sha, data, Path(source).name))
+        if found.data is None or found.path is None:  # a mount away: it may come back
+            log.warning("%s: source unreachable, left queued: %s", source, found.reason)
+            counts["unreachable"] += 1
+            continue
+        app.send_task(PREPROCESS_TASK, args=(sha, found.data, found.path.name))
         counts["preprocess"] += 1
         touched.append(sha)
     return touched, failed, False

@@ -44,8 +44,18 @@ class Preprocessed:
     error: str | None = None
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line for a row's `error`."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+
+
 def preprocess(rt: Runtime, items: list[Item]) -> list[Preprocessed]:
-    """Decode each item (a bad one fails alone), then separate and featurise the rest as a batch."""
+    """Decode each item (a bad one fails alone), then separate and featurise the rest as a batch.
+
+    Any exception of one item fails that item with its reason and never the run: a batch that
+    raises (a file too short to window, out of memory) is retried item by item, so only the
+    item that raises again fails."""
     out: dict[str, Preprocessed] = {}
     good: list[tuple[Item, Audio]] = []
     for item in items:
@@ -53,6 +63,10 @@ def preprocess(rt: Runtime, items: list[Item]) -> list[Preprocessed]:
             audio = decode(item.data, max_duration_s=rt.settings.max_duration_s)
         except InputError as exc:
             out[item.sha256] = Preprocessed(item.sha256, error=str(exc))
+            continue
+        except Exception as exc:  # the item boundary, MemoryError included
+            log.exception("decoding %s failed", item.name)
+            out[item.sha256] = Preprocessed(item.sha256, error=f"cannot decode: {one_line(exc)}")
             continue
         good.append((item, audio))
         out[item.sha256] = Preprocessed(
@@ -63,19 +77,33 @@ def preprocess(rt: Runtime, items: list[Item]) -> list[Preprocessed]:
                 "channels": audio.channels,
             },
         )
-    if good:
-        from pipeline.preprocess import featurize
-
-        feats = featurize(
-            [a for _, a in good],
-            rt.frontend,
-            rt.separator,
-            device=rt.device,
-            min_tail_s=rt.settings.min_tail_s,
-        )
+    if not good:
+        return [out[i.sha256] for i in items]
+    try:
+        feats = featurize_batch(rt, [a for _, a in good])
+    except Exception as exc:  # out of memory, or one item that cannot be windowed
+        if len(good) > 1:
+            log.warning("featurising a batch of %d failed (%s); item by item", len(good), exc)
+        for item, audio in good:
+            try:
+                (out[item.sha256].windows,) = featurize_batch(rt, [audio])
+            except Exception as one:
+                out[item.sha256] = Preprocessed(
+                    item.sha256, error=f"cannot featurise: {one_line(one)}"
+                )
+    else:
         for (item, _), windows in zip(good, feats, strict=True):
             out[item.sha256].windows = windows
     return [out[i.sha256] for i in items]
+
+
+def featurize_batch(rt: Runtime, audios: list[Audio]) -> list[np.ndarray]:
+    """Separate and featurise `audios` with the runtime's front end and separator."""
+    from pipeline.preprocess import featurize
+
+    return featurize(
+        audios, rt.frontend, rt.separator, device=rt.device, min_tail_s=rt.settings.min_tail_s
+    )
 
 
 def save_preprocessed(session: Session, frontend_version: str, results: list[Preprocessed]) -> None:
@@ -96,16 +124,22 @@ def save_preprocessed(session: Session, frontend_version: str, results: list[Pre
         )
 
 
+MIN_VOICED_FRACTION = 0.3
+"""A file is judged by its voiced windows only when at least this share of them has voice."""
+
+
 def file_verdict(window_probs: np.ndarray, classes: list[str]) -> np.ndarray:
     """Combine a file's (W, C) window probabilities into one (C,) verdict.
 
-    Mean of the windows that contain voice (P(none) < 0.5) when the class set has `none` and any
-    window has voice; otherwise the mean of all windows. A song with a long instrumental intro is
-    then judged by its sung parts, and an instrumental file stays `none`.
+    Mean of the windows that contain voice (P(none) < 0.5) when the class set has `none` and at
+    least ``MIN_VOICED_FRACTION`` of the windows have voice; otherwise the mean of all windows. A
+    song with a long instrumental intro is then judged by its sung parts, and an instrumental
+    file stays `none` even when a window or two of it look sung (without the fraction, one
+    false window decided a whole instrumental: docs/RESULTS.md, per-song verdicts).
     """
     if "none" in classes and window_probs.shape[0] > 1:
         voiced = window_probs[:, classes.index("none")] < 0.5
-        if voiced.any():
+        if voiced.any() and voiced.mean() >= MIN_VOICED_FRACTION:
             return window_probs[voiced].mean(axis=0)
     return window_probs.mean(axis=0)
 

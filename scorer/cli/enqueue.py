@@ -10,6 +10,7 @@ import click
 from sqlalchemy import Engine
 
 from scorer.cli.common import ready_engine, settings_of, stderr
+from scorer.db.models import SnippetStatus
 from scorer.settings import Settings
 
 if TYPE_CHECKING:
@@ -17,9 +18,9 @@ if TYPE_CHECKING:
     from worker.embedded import RunSummary
 
 
-def print_failures(failures: list[tuple[str, str]]) -> None:
+def print_failures(failures: list[tuple[str, str]], kind: str = "failed") -> None:
     for path, reason in failures:
-        click.echo(f"failed: {path}: {reason}", err=True)
+        click.echo(f"{kind}: {path}: {reason}", err=True)
 
 
 @click.command("enqueue")
@@ -54,20 +55,26 @@ def enqueue(
 
     Content is identified by its sha256: the same bytes enqueued again do no new work. Files longer
     than 3 s are scored per 3 s window, plus a per-file verdict. Each file that cannot be scored
-    gets one `failed:` line with the reason; the others are scored. Exit code 3 when some failed.
+    gets one `failed:` line with the reason; a path that is no regular file (a FIFO, a device), a
+    symlink loop or a folder that cannot be listed gets one `skipped:` line; the others are
+    scored. Symlinked folders are followed, each folder once. Exit code 3 when some failed or
+    were skipped. Embedded, rows an earlier (crashed) run left queued are finished too.
     """
     from tqdm import tqdm
 
     from scorer.cli import EXIT_ITEMS_FAILED
-    from scorer.manifest import iter_audio_files, read_manifest
+    from scorer.manifest import read_manifest
     from worker.embedded import run
     from worker.runtime import configure_threads
 
     settings = settings_of(ctx)
     labels = read_manifest(labels_csv) if labels_csv else None
-    files = list(iter_audio_files(list(paths)))
+    files, skipped = list_inputs(paths)
     if not files:
+        print_failures(skipped, "skipped")
         stderr("no audio files found (looked for .mp3 .wav .flac .ogg)")
+        if skipped:
+            ctx.exit(EXIT_ITEMS_FAILED)
         return
     engine = ready_engine(settings)
     if settings.embedded:
@@ -83,13 +90,17 @@ def enqueue(
                 score_with_model=not no_score,
                 retry_failed=retry_failed,
                 progress=bar.update,
+                recover=[SnippetStatus.queued],
             )
     else:
         summary = publish_and_wait(
             settings, engine, files, labels, no_score=no_score, retry_failed=retry_failed,
             wait=not no_wait,
         )  # fmt: skip
+    summary.skipped[:0] = skipped
     print_failures(summary.failures)
+    print_failures(summary.skipped, "skipped")
+    print_failures(summary.warnings, "warning")
     if summary.model_name is None and not no_score:
         stderr("no active model: features are stored; run `scorer train`, then enqueue again")
     verb = "preprocessed" if settings.embedded else "published"
@@ -98,6 +109,8 @@ def enqueue(
         f"{summary.preprocessed} {verb}, {summary.scored} scored"
         + (f" with model {summary.model_name}" if summary.model_name else "")
         + f", {len(summary.failures)} failed"
+        + (f", {len(summary.skipped)} skipped" if summary.skipped else "")
+        + (f"; {summary.recovered} left by an earlier run taken up" if summary.recovered else "")
     )
     if labels and summary.model_name:
         from scorer.db import queries
@@ -110,8 +123,22 @@ def enqueue(
             correct, total = queries.label_accuracy(conn, run_shas, model.id)
         if total:
             click.echo(f"accuracy: {correct / total:.4f} ({correct}/{total} labelled files)")
-    if summary.failures:
+    if summary.failures or summary.skipped:
         ctx.exit(EXIT_ITEMS_FAILED)
+
+
+def list_inputs(paths: tuple[Path, ...]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The files to score under `paths`, and (path, reason) of those skipped while listing."""
+    from worker.inputs import Skipped, iter_inputs
+
+    files: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    for found in iter_inputs(list(paths)):
+        if isinstance(found, Skipped):
+            skipped.append((str(found.path), found.reason))
+        else:
+            files.append(found)
+    return files, skipped
 
 
 def publish_and_wait(

@@ -21,6 +21,11 @@ from scorer.errors import ScorerError
 @click.option("--uncertain", is_flag=True, help="Least certain first (highest entropy).")
 @click.option("--model-version", "model_key", help="Name or id; default: the active one.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
+@click.option(
+    "--by-content",
+    is_flag=True,
+    help="One row per distinct content (sha256), not one per path it was enqueued at.",
+)
 @click.pass_context
 def results_cmd(
     ctx: click.Context,
@@ -31,8 +36,12 @@ def results_cmd(
     uncertain: bool,
     model_key: str | None,
     limit: int | None,
+    by_content: bool,
 ) -> None:
-    """Print the predictions of a model version (per file by default)."""
+    """Print the predictions of a model version (per file by default).
+
+    Every path a scored content was enqueued at is listed under its own name (two copies of a
+    song: two rows with one sha256); --by-content lists each content once."""
     from scorer.db import queries
     from scorer.db.engine import make_sessionmaker
 
@@ -46,8 +55,9 @@ def results_cmd(
                 f"no model version {model_key!r}" if model_key else "no active model version"
             )
         rows = queries.iter_results(
-            s, model.id, windows=windows, label=label, uncertain=uncertain, limit=limit
-        )
+            s, model.id, windows=windows, label=label, uncertain=uncertain, limit=limit,
+            by_content=by_content,
+        )  # fmt: skip
         n = write_rows(
             (as_item(r, list(model.classes), windows) for r in rows),
             "json" if as_json else "csv" if as_csv else "text",

@@ -27,7 +27,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from scorer.db.models import (
     FILE_WINDOW,
@@ -36,6 +36,7 @@ from scorer.db.models import (
     Prediction,
     Snippet,
     SnippetStatus,
+    SourcePath,
     utcnow,
 )
 
@@ -237,11 +238,13 @@ def results(
     label: str | None = None,
     uncertain: bool = False,
     limit: int | None = None,
+    by_content: bool = False,
 ) -> list[dict[str, Any]]:
     """`iter_results` as a list (small result sets: tests, callers that need them all)."""
     rows = iter_results(
-        session, model_version_id, windows=windows, label=label, uncertain=uncertain, limit=limit
-    )
+        session, model_version_id, windows=windows, label=label, uncertain=uncertain, limit=limit,
+        by_content=by_content,
+    )  # fmt: skip
     return list(rows)
 
 
@@ -257,12 +260,14 @@ def iter_results(
     label: str | None = None,
     uncertain: bool = False,
     limit: int | None = None,
+    by_content: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Predictions joined with their snippets, per-file verdicts or every window, streamed
     `RESULTS_BATCH` rows at a time: memory stays flat however many rows there are."""
     stmt = results_query(
-        model_version_id, windows=windows, label=label, uncertain=uncertain, limit=limit
-    )
+        model_version_id, windows=windows, label=label, uncertain=uncertain, limit=limit,
+        by_content=by_content,
+    )  # fmt: skip
     for r in session.execute(stmt.execution_options(yield_per=RESULTS_BATCH)):
         yield dict(r._mapping)
 
@@ -274,12 +279,23 @@ def results_query(
     label: str | None = None,
     uncertain: bool = False,
     limit: int | None = None,
+    by_content: bool = False,
 ) -> Select[Any]:
     """The SELECT behind `iter_results`. Its filter (model version, then window = -1 or >= 0)
-    is the prefix of ix_predictions_version_window_sha."""
+    is the prefix of ix_predictions_version_window_sha.
+
+    One row per path a content was enqueued at (its newest content per path, from
+    `source_paths`; a snippet with no such row under its `source_path`), so every copy of a
+    song is listed under its own name; `by_content`: one row per content, under the path it
+    was first seen at."""
+    path = (
+        Snippet.source_path
+        if by_content
+        else func.coalesce(SourcePath.path, Snippet.source_path).label("source_path")
+    )
     stmt = (
         select(
-            Snippet.source_path,
+            path,
             Snippet.sha256,
             Snippet.duration_s,
             Snippet.label.label("true_label"),
@@ -294,6 +310,11 @@ def results_query(
         .join(Prediction, Prediction.sha256 == Snippet.sha256)
         .where(Prediction.model_version_id == model_version_id)
     )
+    if not by_content:
+        newer = aliased(SourcePath)
+        stmt = stmt.outerjoin(SourcePath, SourcePath.sha256 == Snippet.sha256).where(
+            ~exists().where(newer.path == SourcePath.path, newer.seen_at > SourcePath.seen_at)
+        )
     if windows:
         stmt = stmt.where(Prediction.window_index > FILE_WINDOW)
     else:
@@ -303,7 +324,7 @@ def results_query(
     if uncertain:
         stmt = stmt.order_by(Prediction.entropy.desc(), Prediction.confidence.asc())
     else:
-        stmt = stmt.order_by(Snippet.source_path, Prediction.window_index)
+        stmt = stmt.order_by(path, Prediction.window_index)
     if limit:
         stmt = stmt.limit(limit)
     return stmt
@@ -377,3 +398,36 @@ def label_accuracy(conn: Connection, table: Table, model_version_id: int) -> tup
         .where(Snippet.label.is_not(None))
     ).one()
     return right or 0, n
+
+
+def add_source_paths(session: Session, pairs: Sequence[tuple[str, str]]) -> None:
+    """Record where each content was seen: insert (path, sha256), or refresh `seen_at` of a
+    known pair, so `scorer results` lists every path a user enqueued, the newest content first."""
+    if not pairs:
+        return
+    now = utcnow()
+    rows = [{"path": p, "sha256": sha, "seen_at": now} for p, sha in dict.fromkeys(pairs)]
+    stmt = _insert(session, SourcePath)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["path", "sha256"], set_={"seen_at": stmt.excluded.seen_at}
+    )
+    session.execute(stmt, rows)
+
+
+def paths_of(session: Session, shas: Sequence[str]) -> dict[str, list[str]]:
+    """{sha: the paths it was seen at, newest first, its first source_path last}."""
+    out: dict[str, list[str]] = {}
+    for part in chunks(list(shas)):
+        rows = session.execute(
+            select(SourcePath.sha256, SourcePath.path)
+            .where(SourcePath.sha256.in_(part))
+            .order_by(SourcePath.seen_at.desc(), SourcePath.id.desc())
+        )
+        for sha, path in rows:
+            out.setdefault(sha, []).append(path)
+        for sha, path in session.execute(
+            select(Snippet.sha256, Snippet.source_path).where(Snippet.sha256.in_(part))
+        ):
+            if path not in out.setdefault(sha, []):
+                out[sha].append(path)
+    return out
