@@ -4,12 +4,15 @@ what each command's own help says."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 import subprocess
 import sys
 
 import click
 
+import scorer.cli
 from scorer.cli import COMMANDS, main
 
 HEAVY = ("torch", "torchvision", "celery", "sqlalchemy", "alembic", "numpy", "matplotlib")
@@ -46,3 +49,11 @@ def test_the_command_table_matches_each_command() -> None:
     eager = click.Group("scorer", commands={n: main.get_command(ctx, n) for n in COMMANDS})  # type: ignore[misc]
     assert commands_section(main) == commands_section(eager)
     assert main.get_command(ctx, "no-such-command") is None
+
+
+def test_every_command_module_is_in_the_table() -> None:
+    """A new command module must be listed, or `scorer` would not know its commands."""
+    for info in pkgutil.iter_modules(scorer.cli.__path__):
+        module = importlib.import_module(f"scorer.cli.{info.name}")
+        for command in getattr(module, "COMMANDS", []):
+            assert COMMANDS.get(command.name, ("",))[0] == info.name, command.name
