@@ -24,6 +24,7 @@ CASES: dict[str, str | None] = {
     "celery": "bench.celery_mode",
     "memory": "bench.memory",
     "results_memory": "bench.results_memory",
+    "drain": "bench.drain",
     "loading": "bench.loading",
     "training": "bench.training",
     "spleeter_frames": "bench.spleeter_frames",
