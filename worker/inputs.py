@@ -167,7 +167,7 @@ def read_input(path: Path, max_bytes: int) -> Read | Skipped:
                 unreadable_sha(path),
                 None,
                 (
-                    f"too large: {before.st_size / MB:.1f} MB > {max_bytes / MB:g} MB limit "
+                    f"too large: {before.st_size / MB:.4g} MB > {max_bytes / MB:g} MB limit "
                     "(SCORER_MAX_FILE_MB)"
                 ),
             )

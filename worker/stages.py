@@ -83,7 +83,7 @@ def preprocess(rt: Runtime, items: list[Item]) -> list[Preprocessed]:
         feats = featurize_batch(rt, [a for _, a in good])
     except Exception as exc:  # out of memory, or one item that cannot be windowed
         if len(good) > 1:
-            log.warning("featurising a batch of %d failed (%s); item by item", len(good), exc)
+            log.info("featurising a batch of %d failed (%s); item by item", len(good), exc)
         for item, audio in good:
             try:
                 (out[item.sha256].windows,) = featurize_batch(rt, [audio])
