@@ -231,9 +231,13 @@ def train(
                 settings, engine, files, labels, no_score=True, retry_failed=False, wait=True
             )
         print_failures(summary.failures)
+        print_failures(summary.skipped, "skipped")  # a FIFO, a device, a file gone: no row
         failed = {p for p, _ in summary.failures}
         shas = sorted(sha for sha, p in summary.shas.items() if p not in failed)
-        stderr(f"{len(shas)} labelled files ready, {len(summary.failures)} failed")
+        stderr(
+            f"{len(shas)} labelled files ready, {len(summary.failures)} failed"
+            + (f", {len(summary.skipped)} skipped" if summary.skipped else "")
+        )
     params = _params(tp, shas, name, no_activate, keep_checkpoints)
     with sessions.begin() as s:
         job = find_resumable(s, params)

@@ -390,3 +390,20 @@ def test_distributed_reconcile_leaves_an_unreachable_source_queued(tmp_path: Pat
     assert status[shas["away.wav"]] == SnippetStatus.queued
     assert status[shas["changed.wav"]] == SnippetStatus.failed
     assert status[shas["first.wav"]] == SnippetStatus.queued  # re-sent from second.wav
+
+
+def test_scorer_train_reports_a_skipped_training_file(env: dict) -> None:
+    """A FIFO in a folder-per-class training set: one `skipped:` line, training goes on."""
+    train = env["root"] / "train-with-fifo"
+    for label in CLASSES:
+        shutil.copytree(env["train"] / label, train / label)  # the same bytes: features cached
+    os.mkfifo(train / "male" / "pipe.wav")
+    result = invoke(
+        env["settings"], "train", "--data", str(train), "--members", "1", "--epochs", "1",
+        "--arch", "resnet10", "--name", "with-fifo",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert lines_of(result, "skipped") == [
+        f"skipped: {train / 'male' / 'pipe.wav'}: not a regular file (a FIFO)"
+    ]
+    assert "12 labelled files ready, 0 failed, 1 skipped" in result.output
