@@ -7,7 +7,7 @@ each, one member each, keep every core on independent work. Why it is off by def
 cores one member with 2 threads was faster (bench ``training``: 0.85x for 2 processes,
 docs/BENCHMARKS.md); measure on your machine before switching it on.
 
-Each process runs exactly ``training.train._member_epoch`` — the same
+Each process runs exactly ``training.loop.member_epoch`` — the same
 seeds, draws and checkpoints as the sequential path — so the result is the sequential result up
 to the float rounding of a different thread count, and a run can be resumed in either mode.
 
@@ -37,7 +37,7 @@ def _init(ctx: dict[str, Any], stop: Any) -> None:
     import torch
 
     from training.data import FeatureDataset
-    from training.train import EVAL_BATCH, EpochRun, make_criterion
+    from training.loop import EVAL_BATCH, EpochRun, make_criterion
 
     torch.set_num_threads(ctx["threads"])
     x = np.load(ctx["features"], mmap_mode="r")
@@ -61,9 +61,9 @@ def _init(ctx: dict[str, Any], stop: Any) -> None:
 
 
 def _member_epoch(i: int, epoch: int) -> dict[str, Any]:
-    from training.train import _member_epoch as one
+    from training.loop import member_epoch
 
-    return one(_child["run"], i, epoch)
+    return member_epoch(_child["run"], i, epoch)
 
 
 class MemberProcesses:
@@ -112,8 +112,8 @@ class MemberProcesses:
     ) -> Iterator[tuple[int, dict[str, Any]]]:
         """Train ``members``' epoch ``epoch`` in parallel; yields (member, record) as each ends.
         If ``should_stop`` turns True, the children stop between batches and
-        ``training.train.TrainingStopped`` is raised (finished member-epochs are kept)."""
-        from training.train import TrainingStopped
+        ``training.loop.TrainingStopped`` is raised (finished member-epochs are kept)."""
+        from training.loop import TrainingStopped
 
         futures = {self._executor.submit(_member_epoch, i, epoch): i for i in members}
         pending = set(futures)

@@ -5,7 +5,7 @@ training 20 members one after another leaves the card mostly idle. Stacking K me
 parameters (``torch.func.stack_module_state``) and running ``vmap(functional_call)`` gives one
 computation over K x 32 snippets per step: the same kernels, K times the work per launch.
 
-What stays exactly as in one-at-a-time training (``training.train._member_epoch``):
+What stays exactly as in one-at-a-time training (``training.loop.member_epoch``):
 - each member's data: its own shuffle, Mixup draws, augmentation draws, from the same seeds;
 - its dropout masks: drawn from a generator seeded like the global RNG of the sequential path,
   with the same call (``bernoulli_(1 - p)``), so on the CPU they are the very same masks;
@@ -34,6 +34,17 @@ from torch.optim import AdamW
 from torch.utils.data import DataLoader
 
 from training.augment import augment
+from training.loop import (
+    EpochRun,
+    TrainingStopped,
+    augment_seed,
+    epoch_loader,
+    load_member,
+    make_scheduler,
+    member_seeds,
+    mixup_loss,
+    save_member,
+)
 from training.model import prepare_input
 
 HEAD_WEIGHT = "fc.1.weight"
@@ -154,8 +165,6 @@ def train_stacked_epoch(
 ) -> list[float]:
     """One epoch of every stacked member, each on its own loader; returns each member's mean
     loss. Per member and per batch the draws are made in the sequential path's order."""
-    from training.train import TrainingStopped, mixup_loss
-
     aug = augment_cfg if augment_cfg is not None and not augment_cfg.is_identity else None
     k = stack.k
     totals = torch.zeros(k, device=device)
@@ -196,3 +205,48 @@ def train_stacked_epoch(
         totals += losses.detach() * b
         seen += b
     return [float(t) / max(seen, 1) for t in totals.cpu()]
+
+
+def stacked_epoch(r: EpochRun, group: list[int], epoch: int) -> list[dict[str, Any]]:
+    """``member_epoch`` for several members at once (training/stacked.py): same seeds, same
+    draws, same checkpoints, one batched computation."""
+    params = r.params
+    loaded = [load_member(r, i, epoch) for i in group]
+    stack = StackedMembers([m for m, _, _, _ in loaded])
+    optimizer = AdamW(stack.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    scheduler = make_scheduler(optimizer, params.epochs, r.steps_per_epoch)
+    if epoch > 1:
+        optimizer.load_state_dict(stack_optimizer_states([o.state_dict() for _, o, _, _ in loaded]))
+        scheduler.load_state_dict(loaded[0][2].state_dict())
+    seeds = [member_seeds(params.seed, i, epoch) for i in group]
+    losses = train_stacked_epoch(
+        stack,
+        [epoch_loader(r, s[1]) for s in seeds],
+        r.criterion,
+        optimizer,
+        scheduler,
+        r.device,
+        normalize=params.normalize,
+        mixup_alpha=params.mixup_alpha,
+        mixup_rngs=[np.random.default_rng(s[2]) for s in seeds],
+        perm_generators=[torch.Generator().manual_seed(s[2]) for s in seeds],
+        dropout_generators=[torch.Generator().manual_seed(s[0]) for s in seeds],
+        augment_cfg=params.augment_config(),
+        augment_generators=[
+            torch.Generator().manual_seed(augment_seed(params.seed, i, epoch)) for i in group
+        ],
+        should_stop=r.should_stop,
+        amp=r.amp,
+    )
+    opt_state = optimizer.state_dict()
+    lr = float(optimizer.param_groups[0]["lr"])
+    records = []
+    for m, i in enumerate(group):
+        model, _, _, history = loaded[m]
+        model.load_state_dict(stack.member_state(m))
+        opt_m = member_optimizer_state(opt_state, m)
+        record = save_member(
+            r, i, epoch, model, opt_m, scheduler.state_dict(), lr, history, losses[m]
+        )
+        records.append(record)
+    return records
