@@ -265,9 +265,7 @@ def _new_folder(model_dir: Path, name: str) -> Path:
 
 def _finite(d: dict[str, Any]) -> dict[str, Any]:
     """JSON columns refuse NaN on PostgreSQL: None instead."""
-    return {
-        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()
-    }
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}
 
 
 COMMANDS = [distill]
