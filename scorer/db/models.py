@@ -40,6 +40,10 @@ FILE_WINDOW = -1
 """`predictions.window_index` of the per-file verdict (windows themselves count from 0)."""
 
 
+LABEL_ORIGIN_REVIEW = "review"
+"""`snippets.label_origin` / `label_events.origin` of a label a person set on `scorer review`."""
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -92,6 +96,11 @@ class Snippet(Base):
     # only that counts in `attempts` (a retry after a transient error does not; worker/tasks.py).
     in_flight: Mapped[str | None] = mapped_column(String(255))
     label: Mapped[str | None] = mapped_column(String(64))
+    # Where `label` came from: null = with the data (a labels CSV or a folder per class),
+    # "review" = a person listening on `scorer review`; and when it was set by a labelling
+    # write (null for labels that came with the data). Every labelling write is in label_events.
+    label_origin: Mapped[str | None] = mapped_column(String(16))
+    labelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     group: Mapped[str | None] = mapped_column("group_name", String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
@@ -161,6 +170,21 @@ class Prediction(Base):
         UniqueConstraint("sha256", "window_index", "model_version_id"),
         # The result and accuracy queries: one version's per-file verdicts (window -1), by sha.
         Index("ix_predictions_version_window_sha", "model_version_id", "window_index", "sha256"),
+        # The review queue: one version's verdicts, least certain first, keyset-paginated.
+        Index(
+            "ix_predictions_version_window_entropy",
+            "model_version_id",
+            "window_index",
+            "entropy",
+            "id",
+        ),
+        Index(
+            "ix_predictions_version_window_disagreement",
+            "model_version_id",
+            "window_index",
+            "disagreement",
+            "id",
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -200,3 +224,24 @@ class TrainingJob(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class LabelEvent(Base):
+    """One labelling write, append-only, so every correction can be traced and counted. The
+    snippet's `label` is the last write (last write wins); this table keeps every one."""
+
+    __tablename__ = "label_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(
+        ForeignKey("snippets.sha256", ondelete="CASCADE"), index=True
+    )
+    label: Mapped[str | None] = mapped_column(String(64))
+    previous_label: Mapped[str | None] = mapped_column(String(64))
+    origin: Mapped[str] = mapped_column(String(16))
+    # The model version whose verdict the person saw, and that verdict (null outside review).
+    model_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL")
+    )
+    predicted_label: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -23,6 +23,7 @@ from sqlalchemy import (
     exists,
     func,
     not_,
+    or_,
     select,
     update,
 )
@@ -31,7 +32,9 @@ from sqlalchemy.orm import Session, aliased
 
 from scorer.db.models import (
     FILE_WINDOW,
+    LABEL_ORIGIN_REVIEW,
     Feature,
+    LabelEvent,
     ModelVersion,
     Prediction,
     Snippet,
@@ -83,7 +86,8 @@ def add_snippets(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:
     """Insert-or-ignore snippets by sha256; returns the shas that were new.
 
     A known sha keeps its status and path; a label or group given now fills or replaces the stored
-    one (labels may arrive after the audio).
+    one (labels may arrive after the audio), except a label a person set on `scorer review`: the
+    same labels file read again must not undo a correction (``set_label`` changes those).
     """
     if not rows:
         return set()
@@ -103,7 +107,12 @@ def add_snippets(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:
     for r in rows:
         if r["sha256"] in known and (r.get("label") or r.get("group")):
             values = {k: r[k] for k in ("label", "group") if r.get(k)}
-            session.execute(update(Snippet).where(Snippet.sha256 == r["sha256"]).values(**values))
+            this = update(Snippet).where(Snippet.sha256 == r["sha256"])
+            reviewed = Snippet.label_origin == LABEL_ORIGIN_REVIEW
+            not_reviewed = or_(Snippet.label_origin.is_(None), not_(reviewed))
+            session.execute(this.where(not_reviewed).values(**values))
+            if "label" in values and "group" in values:
+                session.execute(this.where(reviewed).values(group=values["group"]))
     return {r["sha256"] for r in new}
 
 
@@ -431,3 +440,32 @@ def paths_of(session: Session, shas: Sequence[str]) -> dict[str, list[str]]:
             if path not in out.setdefault(sha, []):
                 out[sha].append(path)
     return out
+
+
+def set_label(
+    session: Session,
+    sha: str,
+    label: str | None,
+    *,
+    origin: str,
+    model_version_id: int | None = None,
+    predicted_label: str | None = None,
+) -> LabelEvent | None:
+    """Write a snippet's true label (None clears it) and log the write in `label_events`; returns
+    the event, or None when no snippet has this sha. Last write wins: two writers at once (two
+    browsers) each take the row's write lock first (the UPDATE of `labelled_at`: a row lock on
+    PostgreSQL, the database's write lock on SQLite), so each event's `previous_label` is the
+    label the write before it left, and every write is logged."""
+    now = utcnow()
+    this = Snippet.sha256 == sha
+    if session.execute(update(Snippet).where(this).values(labelled_at=now)).rowcount == 0:
+        return None
+    previous = session.scalar(select(Snippet.label).where(this))
+    session.execute(update(Snippet).where(this).values(label=label, label_origin=origin))
+    event = LabelEvent(
+        sha256=sha, label=label, previous_label=previous, origin=origin,
+        model_version_id=model_version_id, predicted_label=predicted_label, created_at=now,
+    )  # fmt: skip
+    session.add(event)
+    session.flush()
+    return event
