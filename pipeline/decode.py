@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -16,6 +17,9 @@ import soundfile as sf
 from scorer.errors import InputError
 
 SUPPORTED = "mp3, wav, flac, ogg"
+
+Source = bytes | str | Path
+"""A file's content held in memory, or the path to read it from (long files are not read whole)."""
 
 # libsndfile error strings that mislead when the "file" is a byte buffer: code 7 is what an MP3
 # stream too short or too damaged for mpg123 to find a frame reports.
@@ -57,8 +61,19 @@ def _unreadable(name: str | None, err: sf.SoundFileError) -> InputError:
     return InputError(f"{_prefix(name)}not a readable audio file ({SUPPORTED}): {reason}")
 
 
-def decode(data: bytes, *, name: str | None = None, max_duration_s: float | None = None) -> Audio:
-    """Decode a whole file held in memory to (channels, n) float32 at its own sample rate.
+def open_source(source: Source) -> sf.SoundFile:
+    """A libsndfile handle on bytes held in memory or on a path (seekable either way)."""
+    return sf.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else str(source))
+
+
+def is_empty(source: Source) -> bool:
+    if isinstance(source, bytes):
+        return not source
+    return Path(source).stat().st_size == 0
+
+
+def decode(data: Source, *, name: str | None = None, max_duration_s: float | None = None) -> Audio:
+    """Decode a whole file (bytes or a path) to (channels, n) float32 at its own sample rate.
 
     The length limit is checked on the header before any sample is decoded, so an hour-long
     upload is refused in milliseconds. A truncated MP3 decodes to its valid frames (libsndfile
@@ -69,14 +84,14 @@ def decode(data: bytes, *, name: str | None = None, max_duration_s: float | None
         InputError: "<name>: <reason>" on one line, for empty, unreadable, too long, sample-less
             or non-finite input.
     """
-    if not data:
+    if is_empty(data):
         raise InputError(f"{_prefix(name)}empty file")
     # The item boundary: libsndfile reports every bad stream as a SoundFileError
     # (LibsndfileError, a RuntimeError); anything else is a bug and keeps its traceback.
     try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
+        with open_source(data) as f:
             sample_rate = int(f.samplerate)
-            if max_duration_s is not None and f.frames / sample_rate > max_duration_s:
+            if max_duration_s and f.frames / sample_rate > max_duration_s:
                 raise InputError(
                     f"{_prefix(name)}too long: {f.frames / sample_rate:.1f} s > "
                     f"{max_duration_s:g} s limit (SCORER_MAX_DURATION_S)"

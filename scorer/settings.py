@@ -89,14 +89,26 @@ class Settings(BaseSettings):
         description="Spleeter segment length T in STFT frames (multiple of 64; 512 = official).",
     )
     max_duration_s: float = Field(
-        default=900.0,
-        gt=0,
-        description="Longer files fail with a clear reason instead of filling memory.",
+        default=14_400.0,
+        ge=0,
+        description="Policy: longer files fail with a clear reason (checked on the header); "
+        "0 = no limit. Memory does not depend on it: long files are featurised in blocks.",
     )
     max_file_mb: float = Field(
         default=2048.0,
         gt=0,
         description="Larger input files fail (checked by stat, before a byte is read).",
+    )
+    max_message_mb: float = Field(
+        default=32.0,
+        gt=0,
+        description="Audio bytes one preprocess message may carry (and one file held whole in "
+        "memory); a larger file travels as its path with SCORER_SHARED_INPUT, else fails.",
+    )
+    shared_input: bool = Field(
+        default=False,
+        description="Workers read the same input paths as the producer (a shared mount): a file "
+        "over SCORER_MAX_MESSAGE_MB is sent as its path, checked against its sha by the worker.",
     )
     min_tail_s: float = Field(
         default=1.0,
@@ -113,6 +125,12 @@ class Settings(BaseSettings):
         default=500,
         ge=1,
         description="Enqueue waits while the preprocess queue holds more messages than this.",
+    )
+    queue_bound_mb: float = Field(
+        default=512.0,
+        gt=0,
+        description="Enqueue also waits while the broker holds more preprocess message bytes "
+        "than this (queued and unacknowledged; Redis memory).",
     )
     max_attempts: int = Field(
         default=3,

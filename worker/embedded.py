@@ -29,7 +29,16 @@ from scorer.db.models import (
 )
 from scorer.manifest import Labelled
 from scorer.settings import Settings
-from worker.inputs import MB, Skipped, absolute, find_source, read_input, unreadable_sha
+from worker.inputs import (
+    MB,
+    Content,
+    Skipped,
+    absolute,
+    find_source,
+    read_input,
+    size_of,
+    unreadable_sha,
+)
 from worker.pool import PreprocessPool, processes_for
 from worker.runtime import Runtime, frontend_from_settings
 from worker.stages import Item, preprocess, save_preprocessed, score
@@ -61,8 +70,8 @@ def read_file(path: Path, max_bytes: int = 1 << 62) -> tuple[str, bytes | None, 
     return got
 
 
-Read = tuple[Path, str, bytes | None, str | None]
-"""(path, sha256, bytes or None, why it could not be read or None)"""
+Read = tuple[Path, str, Content | None, str | None]
+"""(path, sha256, bytes or a FileRef or None, why it could not be read or None)"""
 
 
 def label_key(path: Path) -> Path:
@@ -81,16 +90,17 @@ def ingest(
     retry_failed: bool,
     *,
     max_bytes: int,
+    keep_bytes: int | None = None,
 ) -> list[Read]:
     """Read and hash `chunk` (regular files of at most `max_bytes`; the others go to
     `summary.skipped`), insert-or-ignore its snippet rows (labels filled in) and its
     (path, sha) records, fail the unreadable ones; with `retry_failed`, failed content goes back
     to queued. Paths are stored absolute, so reconcile finds them from any working directory.
-    One transaction."""
+    A file over `keep_bytes` is hashed in blocks and read as a `FileRef`. One transaction."""
     read: list[Read] = []
     for given in chunk:
         path = absolute(given)
-        got = read_input(path, max_bytes)
+        got = read_input(path, max_bytes, keep_bytes)
         if isinstance(got, Skipped):
             summary.skipped.append((str(got.path), got.reason))
         else:
@@ -102,7 +112,7 @@ def ingest(
             {
                 "sha256": sha,
                 "source_path": str(path),
-                "size_bytes": len(data) if data is not None else 0,
+                "size_bytes": size_of(data) if data is not None else 0,
                 "label": lab.label if lab else None,
                 "group": lab.group if lab else None,
             }
@@ -161,6 +171,7 @@ def run(
     rt = Runtime(settings, frontend_override=frontend)
     summary.model_name = model.name if model else None
     max_bytes = int(settings.max_file_mb * MB)
+    keep_bytes = int(settings.max_message_mb * MB)  # larger files are read in blocks
     leftovers = leftover_shas(sessions, recover, recover_older_than_s) if recover else []
     pending: list[str] = []
     pending_windows = 0
@@ -215,7 +226,11 @@ def run(
     try:
         for start in range(0, len(paths), step):
             chunk = paths[start : start + step]
-            process(ingest(sessions, chunk, labels, summary, retry_failed, max_bytes=max_bytes))
+            read = ingest(
+                sessions, chunk, labels, summary, retry_failed, max_bytes=max_bytes,
+                keep_bytes=keep_bytes,
+            )  # fmt: skip
+            process(read)
             if progress:
                 progress(len(chunk))
         for start in range(0, len(leftovers), step):
@@ -265,7 +280,7 @@ def reread(
         if sha in feats:
             out.append((Path(known[0] if known else sha), sha, None, None))
             continue
-        found = find_source(known, sha, max_bytes)
+        found = find_source(known, sha, max_bytes, int(rt.settings.max_message_mb * MB))
         if found.data is not None and found.path is not None:
             out.append((found.path, sha, found.data, None))
         elif found.changed:

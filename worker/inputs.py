@@ -5,7 +5,9 @@ so an unreadable or linked folder vanished without a line. Why `stat` before rea
 named x.wav blocks a read for ever, and /dev/zero or a multi-GB file fills memory before any
 check; only regular files up to SCORER_MAX_FILE_MB are read. A path is then either read (its
 sha256 and bytes), unreadable (a `failed` row with the reason), or `Skipped` (one line, no row:
-it is not a file at all, or it is gone).
+it is not a file at all, or it is gone). A file larger than the caller's `keep_bytes` is hashed
+in blocks and not kept: it travels as a `FileRef` and its decoder reads it from the path in blocks
+(pipeline/blocks.py), so a 2-hour file never sits whole in memory or in a message.
 
 Symlinked folders are followed, each real folder once (by device and inode): a library often
 links its albums in, and a link that loops back or points at a folder already listed is
@@ -16,13 +18,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from scorer.errors import ScorerError
+from scorer.errors import InputError, ScorerError
 from scorer.manifest import AUDIO_SUFFIXES
 
 MB = 1 << 20
@@ -36,8 +39,25 @@ class Skipped:
     reason: str
 
 
-Read = tuple[str, bytes | None, str | None]
-"""(sha256, bytes or None, why it could not be read or None)"""
+@dataclass(frozen=True)
+class FileRef:
+    """A file's content by its path: too large to hold or send whole (over `keep_bytes`)."""
+
+    path: str
+    size: int
+
+
+Content = bytes | FileRef
+"""A file's bytes, or where to read them (the reader checks them against the sha first)."""
+
+Read = tuple[str, Content | None, str | None]
+"""(sha256, content or None, why it could not be read or None)"""
+
+HASH_BLOCK = 1 << 20
+
+
+def size_of(content: Content) -> int:
+    return content.size if isinstance(content, FileRef) else len(content)
 
 
 def absolute(path: Path) -> Path:
@@ -142,11 +162,12 @@ def changed(before: os.stat_result, after: os.stat_result, n_read: int) -> bool:
     )
 
 
-def read_input(path: Path, max_bytes: int) -> Read | Skipped:
+def read_input(path: Path, max_bytes: int, keep_bytes: int | None = None) -> Read | Skipped:
     """Stat, then read one input: only a regular file of at most `max_bytes` is read.
 
     Opened non-blocking (a FIFO cannot hang the run) and checked with fstat on the open file,
-    so what is checked is what is read. Never raises for anything the file can do.
+    so what is checked is what is read. A file over `keep_bytes` (None: no limit) is hashed in
+    blocks and comes back as a `FileRef`. Never raises for anything the file can do.
     """
     try:
         os.lstat(path)
@@ -172,8 +193,13 @@ def read_input(path: Path, max_bytes: int) -> Read | Skipped:
                 ),
             )
         with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(before.st_size + 1)  # one byte more: a file that grew shows it
-        if changed(before, os.fstat(fd), len(data)):
+            if keep_bytes is not None and before.st_size > keep_bytes:
+                digest, n_read = _hash_blocks(f)
+                content: Content = FileRef(str(path), n_read)
+            else:
+                data = f.read(before.st_size + 1)  # one byte more: a file that grew shows it
+                digest, n_read, content = hashlib.sha256(data).hexdigest(), len(data), data
+        if changed(before, os.fstat(fd), n_read):
             return unreadable_sha(path), None, "changed while it was read; enqueue it again"
     except MemoryError:
         return unreadable_sha(path), None, "out of memory while reading the file"
@@ -181,7 +207,42 @@ def read_input(path: Path, max_bytes: int) -> Read | Skipped:
         return unreadable_sha(path), None, f"cannot read file: {why(exc)}"
     finally:
         os.close(fd)
-    return hashlib.sha256(data).hexdigest(), data, None
+    return digest, content, None
+
+
+def _hash_blocks(f: io.BufferedReader) -> tuple[str, int]:
+    """(sha256, bytes read) of an open file, a block at a time."""
+    h, n = hashlib.sha256(), 0
+    while block := f.read(HASH_BLOCK):
+        h.update(block)
+        n += len(block)
+    return h.hexdigest(), n
+
+
+def verified(ref: FileRef, sha: str, max_bytes: int) -> os.stat_result:
+    """Check that `ref`'s path still holds the content `sha` (hashed in blocks); returns its
+    stat, for `still_same` after decoding. Raises InputError with the reason otherwise."""
+    got = read_input(Path(ref.path), max_bytes, keep_bytes=0)
+    if isinstance(got, Skipped):
+        raise InputError(f"{ref.path}: {got.reason}")
+    digest, _, error = got
+    if error is not None:
+        raise InputError(f"{ref.path}: {error}")
+    if digest != sha:
+        raise InputError(
+            f"{ref.path} no longer holds the content that was enqueued (sha256 {digest[:12]} "
+            f"!= {sha[:12]}); enqueue it again"
+        )
+    return os.stat(ref.path)
+
+
+def still_same(path: str, before: os.stat_result) -> bool:
+    """Is the file at `path` the one stat'ed `before` (size and mtime)?"""
+    try:
+        after = os.stat(path)
+    except OSError:
+        return False
+    return after.st_size == before.st_size and after.st_mtime_ns == before.st_mtime_ns
 
 
 @dataclass(frozen=True)
@@ -189,13 +250,16 @@ class Found:
     """Where a known content was read again (reconcile, recovery of a crashed run)."""
 
     path: Path | None
-    data: bytes | None
+    data: Content | None
     reason: str | None = None  # why not found
     changed: bool = False  # True: reachable, but no path holds these bytes any more
 
 
-def find_source(paths: Sequence[str], sha: str, max_bytes: int) -> Found:
-    """Read `sha`'s bytes again from the first of `paths` that still holds them.
+def find_source(
+    paths: Sequence[str], sha: str, max_bytes: int, keep_bytes: int | None = None
+) -> Found:
+    """Read `sha`'s bytes again from the first of `paths` that still holds them (a `FileRef`
+    over `keep_bytes`).
 
     A path that cannot be reached (a mount away, another host's path, no permission) says
     nothing about the content, so only when a path was read and every read path held other
@@ -203,7 +267,7 @@ def find_source(paths: Sequence[str], sha: str, max_bytes: int) -> Found:
     reasons: list[str] = []
     read_any = False
     for p in paths:
-        got = read_input(Path(p), max_bytes)
+        got = read_input(Path(p), max_bytes, keep_bytes)
         if isinstance(got, Skipped):
             reasons.append(f"{p}: {got.reason}")
             continue

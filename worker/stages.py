@@ -15,11 +15,14 @@ import numpy as np
 import torch
 from sqlalchemy.orm import Session
 
-from pipeline.decode import Audio, decode
+from pipeline.blocks import Featurised
+from pipeline.decode import Audio
 from scorer.db import queries
 from scorer.db.models import FILE_WINDOW, ModelVersion, SnippetStatus
 from scorer.errors import InputError
+from worker.inputs import FileRef
 from worker.runtime import Runtime
+from worker.sources import load
 
 if TYPE_CHECKING:
     from training.ensemble import Ensemble
@@ -32,7 +35,7 @@ class Item:
     """One snippet on its way through preprocessing: its content and where it came from."""
 
     sha256: str
-    data: bytes
+    data: bytes | FileRef  # a FileRef: a long file, read from its path in blocks
     name: str
 
 
@@ -60,7 +63,7 @@ def preprocess(rt: Runtime, items: list[Item]) -> list[Preprocessed]:
     good: list[tuple[Item, Audio]] = []
     for item in items:
         try:
-            audio = decode(item.data, max_duration_s=rt.settings.max_duration_s)
+            audio = load(rt, item.sha256, item.data)  # a long file comes back featurised
         except InputError as exc:
             out[item.sha256] = Preprocessed(item.sha256, error=str(exc))
             continue
@@ -68,7 +71,6 @@ def preprocess(rt: Runtime, items: list[Item]) -> list[Preprocessed]:
             log.exception("decoding %s failed", item.name)
             out[item.sha256] = Preprocessed(item.sha256, error=f"cannot decode: {one_line(exc)}")
             continue
-        good.append((item, audio))
         out[item.sha256] = Preprocessed(
             item.sha256,
             audio_info={
@@ -77,6 +79,10 @@ def preprocess(rt: Runtime, items: list[Item]) -> list[Preprocessed]:
                 "channels": audio.channels,
             },
         )
+        if isinstance(audio, Featurised):
+            out[item.sha256].windows = audio.windows
+        else:
+            good.append((item, audio))
     if not good:
         return [out[i.sha256] for i in items]
     try:

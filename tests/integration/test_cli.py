@@ -125,7 +125,8 @@ def _bad_and_odd_inputs(folder: Path) -> dict[str, str]:
 def test_bad_input_fails_alone_and_the_rest_is_scored(env: dict) -> None:
     folder = env["root"] / "inbox"
     expect = _bad_and_odd_inputs(folder)
-    result = invoke(env["settings"], "enqueue", str(folder))
+    policy = env["settings"].model_copy(update={"max_duration_s": 900})  # hour.flac: too long
+    result = invoke(policy, "enqueue", str(folder))
     assert result.exit_code == EXIT_ITEMS_FAILED, result.output
     failed_lines = [line for line in result.output.splitlines() if line.startswith("failed: ")]
     for name, outcome in expect.items():
