@@ -41,6 +41,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reconcile": ("reconcile", "Re-publish snippets that have waited too long in a non-final "
                   "state."),
     "results": ("results", "Print the predictions of a model version (per file by default)."),
+    "review": ("review", "Open a local web page of the least certain verdicts, to hear them "
+               "and correct them."),
     "status": ("status", "Counts of snippets per state, the active model, and recent failures "
                "with reasons."),
     "train": ("train", "Train an ensemble of ResNets on labelled snippets."),
