@@ -1,4 +1,5 @@
-"""One ensemble member: a torchvision ResNet with a 1-channel stem, and its input convention.
+"""One ensemble member: a ResNet (torchvision's, built without importing it: training/resnet.py)
+with a 1-channel stem, and its input convention.
 
 A snippet's log-mel features, (299 frames, 40 mel bands) float16 in dB, are fed as a one-channel
 image of shape (B, 1, 299, 40) float32: frames on the height axis, mel bands on the width axis
@@ -12,8 +13,8 @@ from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import resnet18, resnet34
-from torchvision.models.resnet import BasicBlock, ResNet
+
+from training.resnet import resnet10, resnet18, resnet34
 
 INPUT_LAYOUT = "B1TF"
 """(batch, 1 channel, T = frames, F = mel bands): the order of a member's input axes."""
@@ -42,11 +43,11 @@ def build_member(n_classes: int, arch: str = "resnet34") -> nn.Module:
     if n_classes < 1:
         raise ValueError(f"n_classes must be >= 1, got {n_classes}")
     if arch == "resnet34":
-        net = resnet34(weights=None)
+        net = resnet34()
     elif arch == "resnet18":
-        net = resnet18(weights=None)
+        net = resnet18()
     elif arch == "resnet10":
-        net = ResNet(BasicBlock, [1, 1, 1, 1])
+        net = resnet10()
     else:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
