@@ -39,9 +39,7 @@ from worker.inputs import (
     size_of,
     unreadable_sha,
 )
-from worker.pool import PreprocessPool, processes_for
 from worker.runtime import Runtime, frontend_from_settings
-from worker.stages import Item, preprocess, save_preprocessed, score
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +162,11 @@ def run(
     `recover`: also finish the rows in these states that an earlier run left behind (a crash;
     embedded mode has no broker to redeliver them), read again from where they were seen; one
     whose source cannot be reached stays queued with a warning."""
+    # Here, not at the top: they import torch, which the distributed enqueue (worker/publish.py
+    # imports this module) never needs (docs/BENCHMARKS.md, CLI start-up).
+    from worker.pool import PreprocessPool, processes_for
+    from worker.stages import Item, preprocess, save_preprocessed, score
+
     labels = labels or {}
     sessions = make_sessionmaker(engine)
     summary = RunSummary(files=len(paths))

@@ -64,8 +64,6 @@ def enqueue(
 
     from scorer.cli import EXIT_ITEMS_FAILED
     from scorer.manifest import read_manifest
-    from worker.embedded import run
-    from worker.runtime import configure_threads
 
     settings = settings_of(ctx)
     labels = read_manifest(labels_csv) if labels_csv else None
@@ -78,6 +76,9 @@ def enqueue(
         return
     engine = ready_engine(settings)
     if settings.embedded:
+        from worker.embedded import run  # torch: only where the stages run in this process
+        from worker.runtime import configure_threads
+
         configure_threads(settings)
         with tqdm(
             total=len(files), unit="file", desc="scoring", file=sys.stderr, disable=None
