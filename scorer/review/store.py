@@ -88,16 +88,21 @@ def _queue_stmt(f: QueueFilter) -> Any:
     return stmt.order_by(key.desc(), Prediction.id.desc())
 
 
+def page_statement(f: QueueFilter, after: str | None, limit: int) -> Any:
+    """The SELECT of one page: `limit` + 1 rows (the extra one says whether there is more)."""
+    stmt = _queue_stmt(f)
+    if after:
+        value, pid = parse_cursor(after)
+        stmt = stmt.where(tuple_(SORTS[f.sort], Prediction.id) < tuple_(value, pid))
+    return stmt.limit(limit + 1)
+
+
 def queue_page(
     session: Session, f: QueueFilter, after: str | None = None, limit: int = PAGE_SIZE
 ) -> dict[str, Any]:
     """One page of the queue and the cursor of the next (None at the end). Keyset: the page
     after `after` is `WHERE (value, id) < cursor ORDER BY value DESC, id DESC LIMIT n`."""
-    stmt = _queue_stmt(f)
-    if after:
-        value, pid = parse_cursor(after)
-        stmt = stmt.where(tuple_(SORTS[f.sort], Prediction.id) < tuple_(value, pid))
-    rows = [dict(r._mapping) for r in session.execute(stmt.limit(limit + 1))]
+    rows = [dict(r._mapping) for r in session.execute(page_statement(f, after, limit))]
     more = len(rows) > limit
     rows = rows[:limit]
     items = [

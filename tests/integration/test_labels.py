@@ -96,3 +96,30 @@ def test_browsers_writing_at_once_lose_no_write(engine: Engine) -> None:
     assert len(events) == writers * writes
     assert [e.previous_label for e in events] == [None] + [e.label for e in events[:-1]]
     assert final == events[-1].label
+
+
+def test_train_and_evaluate_read_a_review_correction(session: Session) -> None:
+    """Corrections are labels like any other: the training data and `scorer evaluate`'s
+    labelled files (both read snippets.label) carry the reviewed label."""
+    import numpy as np
+
+    from scorer.evaluation import _labelled_in_database
+    from worker.training_job import training_data
+
+    _snippet(session, label=None)
+    other = "b" * 64
+    queries.add_snippets(
+        session, [{"sha256": other, "source_path": "/music/b.wav", "size_bytes": 1,
+                   "label": "none"}]
+    )  # fmt: skip
+    for sha in (SHA, other):
+        queries.store_features(session, sha, "fe-test", np.zeros((2, 299, 40), np.float16))
+    assert {r["sha256"] for r in _labelled_in_database(session, "fe-test")} == {other}
+
+    queries.set_label(session, SHA, "female", origin=LABEL_ORIGIN_REVIEW)
+    session.commit()
+
+    _, y, _, classes = training_data(session, "fe-test", None)
+    assert sorted(classes[i] for i in y) == ["female", "female", "none", "none"]
+    labelled = {r["sha256"]: r["label"] for r in _labelled_in_database(session, "fe-test")}
+    assert labelled == {SHA: "female", other: "none"}
