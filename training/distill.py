@@ -5,8 +5,9 @@ fraction of the inference cost (issue 12). The student learns the teacher's soft
 (cross-entropy against the ensemble's mean probabilities = KL to the teacher up to a constant),
 on every cached feature the teacher can score, labelled or not: a library already enqueued is
 free training signal. Everything else is the reference recipe's machinery, reused as it is
-(``train_one_epoch``: AdamW, cosine warm restarts per batch, Mixup, which mixes soft targets
-exactly as it mixes one-hot ones, since cross-entropy is linear in its target).
+(training/loop.py's ``train_one_epoch``, seeds, optimiser and schedule: AdamW, cosine warm
+restarts per batch, Mixup, which mixes soft targets exactly as it mixes one-hot ones, since
+cross-entropy is linear in its target).
 
 Resumable like the members: after each epoch the student, its optimizer and scheduler go to
 ``work_dir/student.pt`` (atomic), and the epoch's randomness is derived from (seed, epoch).
@@ -28,9 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from training.checkpoint import atomic_save, check_or_write_params
 from training.data import FeatureDataset, data_fingerprint, group_split
-from training.model import N_FRAMES, N_MELS, build_member
-from training.params import TrainParams
-from training.train import (
+from training.loop import (
+    EVAL_BATCH,
     TrainingStopped,
     evaluate,
     make_optimizer,
@@ -38,6 +38,8 @@ from training.train import (
     member_seeds,
     train_one_epoch,
 )
+from training.model import N_FRAMES, N_MELS, build_member
+from training.params import TrainParams
 
 STUDENT_FILE = "student.pt"
 
@@ -125,12 +127,14 @@ def distill(
     train_ds = SoftTargetDataset(x, soft, train_idx)
     val_true = [i for i in val_idx if labels[i] >= 0]
     val_loaders = {
-        "acc": DataLoader(FeatureDataset(x, labels.clip(0), np.array(val_true, np.int64)), 64),
-        "agreement": DataLoader(FeatureDataset(x, teacher_verdict, val_idx), 64),
+        "acc": DataLoader(
+            FeatureDataset(x, labels.clip(0), np.array(val_true, np.int64)), EVAL_BATCH
+        ),
+        "agreement": DataLoader(FeatureDataset(x, teacher_verdict, val_idx), EVAL_BATCH),
     }
     for epoch in range(start, params.epochs + 1):
-        _, shuffle_seed, mixup_seed = member_seeds(params.seed, 0, epoch)
-        torch.manual_seed(member_seeds(params.seed, 0, epoch)[0])
+        dropout_seed, shuffle_seed, mixup_seed = member_seeds(params.seed, 0, epoch)
+        torch.manual_seed(dropout_seed)
         loader = DataLoader(
             train_ds,
             batch_size=params.batch_size,

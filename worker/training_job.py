@@ -452,7 +452,7 @@ def _register_once(
         conflict = name_conflict(s, name, job_id)
         if conflict:  # taken while the job ran (rolled back here): fail it, below
             raise _NameTaken(conflict)
-        folder = _new_folder(model_dir, name, job_id)
+        folder = new_model_folder(model_dir, name, f"job{job_id}")
         os.replace(result.ensemble_dir, folder)
         mv = ModelVersion(
             name=name,
@@ -496,12 +496,15 @@ def _free_default_name(session: Session, job_id: int) -> str:
     return name
 
 
-def _new_folder(model_dir: Path, name: str, job_id: int) -> Path:
+def new_model_folder(model_dir: Path, name: str, tag: str = "") -> Path:
     """A new, empty folder for a version's weights (created here, exclusively): <name>, or
-    <name>-job<id>[-k] when a folder of that name is already there (an older model's, kept)."""
+    <name>-<tag>, <name>-<tag>-2, ... (without a tag: <name>-2, -3, ...) when a folder of that
+    name is already there (an older model's, kept). Training jobs tag with job<id>; the
+    distilled student (scorer distill) has no tag."""
     model_dir.mkdir(parents=True, exist_ok=True)
-    candidates = [name, f"{name}-job{job_id}"] + [f"{name}-job{job_id}-{k}" for k in range(2, 100)]
-    for candidate in candidates:
+    base = f"{name}-{tag}" if tag else name
+    firsts = [name, base] if tag else [name]
+    for candidate in firsts + [f"{base}-{k}" for k in range(2, 100)]:
         folder = model_dir / candidate
         try:
             folder.mkdir()

@@ -208,9 +208,9 @@ def _register(
     from scorer.db.engine import make_sessionmaker
     from scorer.db.models import ModelVersion
     from training.ensemble import save_members
-    from worker.training_job import name_conflict
+    from worker.training_job import name_conflict, new_model_folder
 
-    folder = _new_folder(model_dir, name)
+    folder = new_model_folder(model_dir, name)
     meta = {
         "classes": list(teacher.classes),
         "arch": params.arch,
@@ -250,17 +250,6 @@ def _register(
             mv.active = True
         s.expunge(mv)
     return mv
-
-
-def _new_folder(model_dir: Path, name: str) -> Path:
-    model_dir.mkdir(parents=True, exist_ok=True)
-    for candidate in [name] + [f"{name}-{k}" for k in range(2, 100)]:
-        try:
-            (model_dir / candidate).mkdir()
-        except FileExistsError:
-            continue
-        return model_dir / candidate
-    raise ScorerError(f"no free folder for model version {name} under {model_dir}")
 
 
 def _finite(d: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import numpy as np
 from sqlalchemy import (
@@ -239,22 +239,21 @@ def status_counts(session: Session) -> dict[str, int]:
     return {str(s.value if hasattr(s, "value") else s): n for s, n in rows}
 
 
+class ResultOptions(TypedDict, total=False):
+    """`results_query`'s keyword options, spelled once for the functions that pass them on."""
+
+    windows: bool
+    label: str | None
+    uncertain: bool
+    limit: int | None
+    by_content: bool
+
+
 def results(
-    session: Session,
-    model_version_id: int,
-    *,
-    windows: bool = False,
-    label: str | None = None,
-    uncertain: bool = False,
-    limit: int | None = None,
-    by_content: bool = False,
+    session: Session, model_version_id: int, **options: Unpack[ResultOptions]
 ) -> list[dict[str, Any]]:
     """`iter_results` as a list (small result sets: tests, callers that need them all)."""
-    rows = iter_results(
-        session, model_version_id, windows=windows, label=label, uncertain=uncertain, limit=limit,
-        by_content=by_content,
-    )  # fmt: skip
-    return list(rows)
+    return list(iter_results(session, model_version_id, **options))
 
 
 RESULTS_BATCH = 1000
@@ -262,21 +261,11 @@ RESULTS_BATCH = 1000
 
 
 def iter_results(
-    session: Session,
-    model_version_id: int,
-    *,
-    windows: bool = False,
-    label: str | None = None,
-    uncertain: bool = False,
-    limit: int | None = None,
-    by_content: bool = False,
+    session: Session, model_version_id: int, **options: Unpack[ResultOptions]
 ) -> Iterator[dict[str, Any]]:
     """Predictions joined with their snippets, per-file verdicts or every window, streamed
     `RESULTS_BATCH` rows at a time: memory stays flat however many rows there are."""
-    stmt = results_query(
-        model_version_id, windows=windows, label=label, uncertain=uncertain, limit=limit,
-        by_content=by_content,
-    )  # fmt: skip
+    stmt = results_query(model_version_id, **options)
     for r in session.execute(stmt.execution_options(yield_per=RESULTS_BATCH)):
         yield dict(r._mapping)
 
