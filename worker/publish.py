@@ -3,6 +3,8 @@ wait (with backpressure) and watch the database until everything is final.
 
 The database decides what to publish, so publishing the same folder twice sends nothing new for
 content that is already scored, and `reconcile` can re-publish anything a lost message stranded.
+No message carries more than SCORER_MAX_MESSAGE_MB of audio (a larger file goes as its path with
+SCORER_SHARED_INPUT, else fails), and backpressure counts the broker's bytes as well as messages.
 """
 
 from __future__ import annotations
@@ -23,15 +25,80 @@ from scorer.manifest import Labelled
 from scorer.settings import Settings
 from worker.celery_app import INFER_TASK, PREPROCESS_QUEUE, PREPROCESS_TASK, queue_depths
 from worker.embedded import RunSummary, ingest, model_and_frontend, snippet_state
-from worker.inputs import MB, find_source
+from worker.inputs import MB, Content, find_source
 
 log = logging.getLogger(__name__)
 
 
-def wait_for_room(app: Celery, bound: int, poll_s: float = 0.5) -> None:
-    """Backpressure: block while the preprocess queue is longer than `bound`."""
-    while queue_depths(app)[PREPROCESS_QUEUE] > bound:
+UNACKED_KEY = "unacked"
+"""kombu's Redis hash of delivered, unacknowledged messages (its default `unacked_key`)."""
+
+
+def queued_bytes(app: Celery) -> int:
+    """Bytes the broker holds in preprocess messages: the queue's list and the unacknowledged
+    hash, as Redis counts them (MEMORY USAGE, every element: at most a bound's worth)."""
+    with app.connection_for_write() as conn:
+        client = conn.default_channel.client
+        keys = (PREPROCESS_QUEUE, UNACKED_KEY)
+        return sum(int(client.memory_usage(k, samples=0) or 0) for k in keys)
+
+
+def message_bytes(audio: bytes | dict) -> int:
+    """About what one preprocess message costs the broker: kombu base64-encodes the body."""
+    return (len(audio) if isinstance(audio, bytes) else 4096) * 4 // 3 + 2048
+
+
+def has_room(app: Celery, bound: int, bound_bytes: int | None = None, size: int = 0) -> bool:
+    """Is the preprocess queue within `bound` messages and, with `bound_bytes`, the broker's
+    preprocess bytes plus `size` within that? An empty queue always has room for one message,
+    so a file larger than the byte bound still goes (alone)."""
+    depth = queue_depths(app)[PREPROCESS_QUEUE]
+    if depth > bound:
+        return False
+    return bound_bytes is None or depth == 0 or queued_bytes(app) + size <= bound_bytes
+
+
+def wait_for_room(
+    app: Celery,
+    bound: int,
+    poll_s: float = 0.5,
+    *,
+    bound_bytes: int | None = None,
+    size: int = 0,
+) -> None:
+    """Backpressure: block while the preprocess queue is longer than `bound` messages or (with
+    `bound_bytes`) holds more bytes than that, counting the message about to be sent."""
+    while not has_room(app, bound, bound_bytes, size):
         time.sleep(poll_s)
+
+
+def audio_for_message(settings: Settings, content: Content) -> tuple[bytes | dict | None, str]:
+    """(what a preprocess message carries, "") or (None, why the file cannot be sent): bytes
+    up to SCORER_MAX_MESSAGE_MB; a larger file as its path where the workers share the files
+    (SCORER_SHARED_INPUT), else not at all (Redis's bulk limit is 512 MB, and kombu
+    base64-encodes every body)."""
+    if isinstance(content, bytes):
+        if len(content) <= settings.max_message_mb * MB:
+            return content, ""
+        size = len(content)
+    else:
+        if settings.shared_input:
+            return {"path": content.path, "size": content.size}, ""
+        size = content.size
+    return None, (
+        f"too large to send: {size / MB:.4g} MB > {settings.max_message_mb:g} MB "
+        "(SCORER_MAX_MESSAGE_MB); where the workers see the same files, set "
+        "SCORER_SHARED_INPUT=true to send its path instead"
+    )
+
+
+def room_for(settings: Settings, app: Celery, audio: bytes | dict, wait: bool) -> bool:
+    """Wait for (or, without `wait`, check) room in the queue for this message."""
+    bound_bytes, size = int(settings.queue_bound_mb * MB), message_bytes(audio)
+    if wait:
+        wait_for_room(app, settings.queue_bound, bound_bytes=bound_bytes, size=size)
+        return True
+    return has_room(app, settings.queue_bound - 1, bound_bytes, size)
 
 
 def publish(
@@ -53,9 +120,14 @@ def publish(
     summary.model_name = model.name if model else None
     step = settings.preprocess_batch
     max_bytes = int(settings.max_file_mb * MB)
+    keep_bytes = int(settings.max_message_mb * MB)
     for start in range(0, len(paths), step):
         chunk = paths[start : start + step]
-        read = ingest(sessions, chunk, labels, summary, retry_failed, max_bytes=max_bytes)
+        read = ingest(
+            sessions, chunk, labels, summary, retry_failed, max_bytes=max_bytes,
+            keep_bytes=keep_bytes,
+        )  # fmt: skip
+        unsendable: dict[str, str] = {}
         with sessions() as s:
             state = snippet_state(s, [sha for _, sha, _, _ in read], frontend.version, model)
         sent: set[str] = set()
@@ -71,9 +143,19 @@ def publish(
                 if model is not None:
                     app.send_task(INFER_TASK, args=(sha,))
             else:
-                wait_for_room(app, settings.queue_bound)
-                app.send_task(PREPROCESS_TASK, args=(sha, data, path.name, frontend.to_dict()))
+                assert data is not None
+                audio, why = audio_for_message(settings, data)
+                if audio is None:
+                    unsendable[sha] = why
+                    summary.failures.append((str(path), why))
+                    continue
+                room_for(settings, app, audio, wait=True)
+                app.send_task(PREPROCESS_TASK, args=(sha, audio, path.name, frontend.to_dict()))
                 summary.preprocessed += 1
+        if unsendable:
+            with sessions.begin() as s:
+                for sha, why in unsendable.items():
+                    queries.mark_failed(s, sha, why)
         if progress:
             progress(len(chunk))
     return summary
@@ -198,7 +280,10 @@ def _republish(
             wait_for_room(app, settings.queue_bound)
         elif queue_depths(app)[PREPROCESS_QUEUE] >= settings.queue_bound:
             return touched, failed, True
-        found = find_source(paths.get(sha, [source]), sha, int(settings.max_file_mb * MB))
+        found = find_source(
+            paths.get(sha, [source]), sha, int(settings.max_file_mb * MB),
+            int(settings.max_message_mb * MB),
+        )  # fmt: skip
         if found.changed:
             failed[sha] = f"{found.reason}; enqueue it again"
             counts["failed"] += 1
@@ -207,7 +292,14 @@ def _republish(
             log.warning("%s: source unreachable, left queued: %s", source, found.reason)
             counts["unreachable"] += 1
             continue
-        app.send_task(PREPROCESS_TASK, args=(sha, found.data, found.path.name))
+        audio, why = audio_for_message(settings, found.data)
+        if audio is None:
+            failed[sha] = why
+            counts["failed"] += 1
+            continue
+        if not room_for(settings, app, audio, wait):
+            return touched, failed, True
+        app.send_task(PREPROCESS_TASK, args=(sha, audio, found.path.name))
         counts["preprocess"] += 1
         touched.append(sha)
     return touched, failed, False

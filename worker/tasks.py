@@ -1,10 +1,10 @@
 """The Celery tasks: thin wrappers around worker/stages.py.
 
-`scorer.preprocess` (CPU workers, prefork): {sha, audio bytes, name} -> features row -> publish
-`scorer.infer` {sha}. `scorer.infer` (GPU worker, solo pool): gathered by celery-batches into
-batches of up to SCORER_INFER_BATCH messages or SCORER_BATCH_FLUSH_MS, one ensemble forward per
-batch, bulk upsert. Both are idempotent: a redelivered message finds its row done and does
-nothing, so acks_late redelivery after a crash is safe.
+`scorer.preprocess` (CPU workers, prefork): {sha, audio bytes or a shared path, name} ->
+features row -> publish `scorer.infer` {sha}. `scorer.infer` (GPU worker, solo pool): gathered
+by celery-batches into batches of up to SCORER_INFER_BATCH messages or SCORER_BATCH_FLUSH_MS, one
+ensemble forward per batch, bulk upsert. Both are idempotent: a redelivered message finds its row
+done and does nothing, so acks_late redelivery after a crash is safe.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from scorer.errors import ScorerError
 from scorer.settings import Settings
 from worker import metrics
 from worker.celery_app import INFER_TASK, PREPROCESS_TASK, SENT_AT_HEADER
+from worker.inputs import FileRef, size_of
 from worker.runtime import ModelUnavailable, Runtime, configure_threads, frontend_from_settings
 from worker.stages import Item, preprocess, save_preprocessed, score
 from worker.validate import accepted_infer, rejected_preprocess
@@ -126,23 +127,30 @@ def _clear_in_flight(session: Session, shas: list[str], token: str | None = None
     max_retries=8,
 )
 def preprocess_task(  # type: ignore[no-untyped-def]
-    self, sha: str, data: bytes, name: str, frontend: dict | None = None
+    self, sha: str, data: bytes | dict, name: str, frontend: dict | None = None
 ) -> None:
     """Decode, separate, featurise one snippet; publish it for inference.
+
+    `data`: the file's bytes (up to SCORER_MAX_MESSAGE_MB), or {"path", "size"} where the
+    workers share the producer's files (SCORER_SHARED_INPUT): read from the path in blocks,
+    after its bytes are checked against `sha` (worker/sources.py).
 
     `frontend`: the front-end parameters the producer wants (the active model's, or the
     settings' for training data); without it, the active model's at the time of the work.
     """
     metrics.waited("preprocess", getattr(self.request, SENT_AT_HEADER, None))
-    if rejected_preprocess(ctx().sessions, sha, data, name, frontend):
+    if rejected_preprocess(ctx().sessions, sha, data, name, frontend, ctx().settings):
         metrics.failed("preprocess", "invalid")
         return
     c = ctx()
+    content = FileRef(data["path"], data["size"]) if isinstance(data, dict) else data
     token, after = _delivery(self.request)
     with c.sessions.begin() as s:
         snip = s.scalars(select(Snippet).where(Snippet.sha256 == sha)).first()
         if snip is None:  # published by someone who did not write the row first: write it now
-            queries.add_snippets(s, [{"sha256": sha, "source_path": name, "size_bytes": len(data)}])
+            queries.add_snippets(
+                s, [{"sha256": sha, "source_path": name, "size_bytes": size_of(content)}]
+            )
             snip = s.scalars(select(Snippet).where(Snippet.sha256 == sha)).one()
         if snip.status == SnippetStatus.failed:
             return
@@ -169,7 +177,7 @@ def preprocess_task(  # type: ignore[no-untyped-def]
                 return
             # Committed before the work: a delivery that dies mid-work leaves its token behind.
             snip.attempts, snip.in_flight = attempts, token
-        results = preprocess(rt, [Item(sha, data, name)])
+        results = preprocess(rt, [Item(sha, content, name)])
         with c.sessions.begin() as s:
             save_preprocessed(s, wanted.version, results)
             _clear_in_flight(s, [sha], token)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from pipeline.frontend import FrontendConfig
 from scorer.db import queries
 from scorer.db.models import SnippetStatus
+from scorer.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +90,60 @@ def check_frontend(frontend: Any) -> dict[str, Any] | None:
     return dict(f)
 
 
-def check_preprocess(sha: Any, data: Any, name: Any, frontend: Any) -> None:
+MB = 1 << 20
+PATH_KEYS = {"path", "size"}
+
+
+def check_audio(data: Any, max_message_mb: float, shared_input: bool, max_file_mb: float) -> None:
+    """The audio of a preprocess message: bytes up to SCORER_MAX_MESSAGE_MB, or (only where
+    this worker sees the producer's files, SCORER_SHARED_INPUT) {"path": absolute path,
+    "size": bytes up to SCORER_MAX_FILE_MB}, whose bytes the worker checks against the sha."""
+    if isinstance(data, bytes):
+        if len(data) > max_message_mb * MB:
+            raise InvalidMessage(
+                f"invalid message: {len(data) / MB:.4g} MB of audio > {max_message_mb:g} MB "
+                "(SCORER_MAX_MESSAGE_MB)"
+            )
+        return
+    if not isinstance(data, dict):
+        raise InvalidMessage(
+            f"invalid message: audio must be bytes or {{path, size}}, got {type(data).__name__}"
+        )
+    if set(data) != PATH_KEYS:
+        raise InvalidMessage("invalid message: audio by path takes exactly the keys path, size")
+    if not shared_input:
+        raise InvalidMessage(
+            "audio sent as a path, but this worker does not share the producer's files "
+            "(SCORER_SHARED_INPUT is off here)"
+        )
+    path, size = data["path"], data["size"]
+    if (
+        not isinstance(path, str)
+        or not path.startswith("/")
+        or "\0" in path
+        or len(path) > MAX_NAME_CHARS
+    ):
+        raise InvalidMessage(f"invalid message: path must be absolute, <= {MAX_NAME_CHARS} chars")
+    if type(size) is not int or not 0 <= size <= max_file_mb * MB:
+        raise InvalidMessage(
+            f"invalid message: size must be 0 to {max_file_mb:g} MB (SCORER_MAX_FILE_MB)"
+        )
+
+
+def check_preprocess(
+    sha: Any,
+    data: Any,
+    name: Any,
+    frontend: Any,
+    *,
+    max_message_mb: float = 32.0,
+    shared_input: bool = False,
+    max_file_mb: float = 2048.0,
+) -> None:
     """Raise InvalidMessage unless (sha, data, name, frontend) is a well-formed preprocess
     message. The sha is checked first, so a caller can still fail that item's row."""
     check_sha(sha)
-    if not isinstance(data, bytes):
-        raise InvalidMessage(f"invalid message: audio must be bytes, got {type(data).__name__}")
+    check_audio(data, max_message_mb, shared_input, max_file_mb)
     if not isinstance(name, str) or len(name) > MAX_NAME_CHARS:
         raise InvalidMessage(f"invalid message: name must be a string of <= {MAX_NAME_CHARS}")
     check_frontend(frontend)
@@ -114,12 +163,26 @@ def check_infer(args: Any, kwargs: Any) -> str:
 
 
 def rejected_preprocess(
-    sessions: sessionmaker[Session], sha: Any, data: Any, name: Any, frontend: Any
+    sessions: sessionmaker[Session],
+    sha: Any,
+    data: Any,
+    name: Any,
+    frontend: Any,
+    settings: Settings,
 ) -> bool:
     """True when the preprocess message is invalid: logged, and its snippet (if the sha is one
-    and the row still waits for preprocessing) failed with the reason. The task then returns."""
+    and the row still waits for preprocessing) failed with the reason. The task then returns.
+    `settings`: this worker's (message cap, shared input, file cap)."""
     try:
-        check_preprocess(sha, data, name, frontend)
+        check_preprocess(
+            sha,
+            data,
+            name,
+            frontend,
+            max_message_mb=settings.max_message_mb,
+            shared_input=settings.shared_input,
+            max_file_mb=settings.max_file_mb,
+        )
     except InvalidMessage as exc:
         _fail(sessions, sha, str(exc), SnippetStatus.queued)
         return True

@@ -10,6 +10,7 @@ from pipeline.frontend import FrontendConfig
 from worker.validate import InvalidMessage, check_frontend, check_infer, check_preprocess
 
 SHA = "ab" * 32
+MB = 1 << 20
 
 
 def fe(**changes: Any) -> dict[str, Any]:
@@ -63,6 +64,39 @@ def test_a_front_end_out_of_bounds_is_refused(frontend: Any, reason: str) -> Non
 def test_a_malformed_preprocess_message_is_refused(args: tuple, reason: str) -> None:
     with pytest.raises(InvalidMessage, match=reason):
         check_preprocess(*args)
+
+
+def test_audio_within_the_message_cap_passes_and_over_it_is_refused() -> None:
+    check_preprocess(SHA, bytes(MB), "a.wav", None, max_message_mb=1)
+    with pytest.raises(InvalidMessage, match=r"1 MB of audio > 0.5 MB \(SCORER_MAX_MESSAGE_MB"):
+        check_preprocess(SHA, bytes(MB), "a.wav", None, max_message_mb=0.5)
+
+
+def test_a_path_is_taken_only_by_a_worker_that_shares_the_files() -> None:
+    by_path = {"path": "/music/a.flac", "size": 40 * MB}
+    check_preprocess(SHA, by_path, "a.flac", None, shared_input=True)
+    with pytest.raises(InvalidMessage, match="SCORER_SHARED_INPUT is off here"):
+        check_preprocess(SHA, by_path, "a.flac", None)
+
+
+@pytest.mark.parametrize(
+    ("audio", "reason"),
+    [
+        ({"path": "/a.flac"}, "exactly the keys path, size"),
+        ({"path": "/a.flac", "size": 1, "x": 1}, "exactly the keys path, size"),
+        ({"path": "a.flac", "size": 1}, "path must be absolute"),
+        ({"path": "/a\0.flac", "size": 1}, "path must be absolute"),
+        ({"path": "/" + "a" * 5000, "size": 1}, "path must be absolute"),
+        ({"path": "/a.flac", "size": -1}, "size must be 0 to 2048 MB"),
+        ({"path": "/a.flac", "size": True}, "size must be 0 to 2048 MB"),
+        ({"path": "/a.flac", "size": 3000 * MB}, "size must be 0 to 2048 MB"),
+        ([1], "audio must be bytes or {path, size}, got list"),
+    ],
+)
+def test_a_malformed_path_message_is_refused(audio: Any, reason: str) -> None:
+    with pytest.raises(InvalidMessage, match="invalid message") as err:
+        check_preprocess(SHA, audio, "a.flac", None, shared_input=True)
+    assert reason in str(err.value)
 
 
 @pytest.mark.parametrize(
