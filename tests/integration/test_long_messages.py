@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import msgpack
@@ -23,16 +24,16 @@ import pytest
 import redis
 import soundfile as sf
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from scorer.cli import EXIT_ITEMS_FAILED, main
 from scorer.db import queries
 from scorer.db.engine import make_engine, make_sessionmaker
 from scorer.db.migrate import upgrade
-from scorer.db.models import Snippet, SnippetStatus
+from scorer.db.models import Snippet, SnippetStatus, utcnow
 from scorer.settings import Settings
 from worker.celery_app import PREPROCESS_QUEUE, PREPROCESS_TASK, make_celery
-from worker.publish import queued_bytes, wait_for_room
+from worker.publish import publish, queued_bytes, reconcile, wait_for_room
 
 REDIS_DB = 10
 SR = 16_000
@@ -166,8 +167,6 @@ def test_no_published_message_carries_more_than_the_cap(
     tmp_path: Path, client: redis.Redis, make_settings: Callable[..., Settings]
 ) -> None:
     """No worker: the messages stay in Redis, where their bodies are read back."""
-    from worker.publish import publish
-
     settings = make_settings(
         database_url=f"sqlite:///{tmp_path / 'p.db'}",
         broker_url=f"redis://127.0.0.1:6379/{REDIS_DB}",
@@ -214,3 +213,38 @@ def test_backpressure_counts_the_bytes_the_broker_holds(
     client.rpop(PREPROCESS_QUEUE)
     # An empty queue always takes one message, however large: a big file cannot stall enqueue.
     wait_for_room(app, bound=100, poll_s=0.05, bound_bytes=1_000, size=10**9)
+
+
+def test_reconcile_sends_a_large_file_as_its_path_or_fails_it(
+    tmp_path: Path, client: redis.Redis, make_settings: Callable[..., Settings]
+) -> None:
+    """A lost message of a large file is found again from the database like any other: as its
+    path with shared input, failed with the reason without (never as a too-large message)."""
+    settings = make_settings(
+        database_url=f"sqlite:///{tmp_path / 'r.db'}",
+        broker_url=f"redis://127.0.0.1:6379/{REDIS_DB}",
+        max_message_mb=1.0,
+    )
+    engine = make_engine(settings)
+    upgrade(engine)
+    big = write(tmp_path / "big.wav", 70, 1)
+    sha = sha_of(big)
+    with make_sessionmaker(engine).begin() as s:
+        queries.add_snippets(s, [{"sha256": sha, "source_path": str(big), "size_bytes": 1}])
+        queries.add_source_paths(s, [(str(big), sha)])
+        s.execute(
+            update(Snippet).values(updated_at=utcnow() - timedelta(hours=1))
+        )  # its message was lost an hour ago
+    app = make_celery(settings)
+    shared = settings.model_copy(update={"shared_input": True})
+    assert reconcile(shared, engine, app, older_than_s=60)["preprocess"] == 1
+    assert sent_audio_sizes(client) == [-1]  # as {path, size}
+    client.delete(PREPROCESS_QUEUE)
+    with make_sessionmaker(engine).begin() as s:
+        s.execute(update(Snippet).values(updated_at=utcnow() - timedelta(hours=1)))
+    counts = reconcile(settings, engine, app, older_than_s=60)
+    assert (counts["preprocess"], counts["failed"]) == (0, 1)
+    assert sent_audio_sizes(client) == []
+    got = row(settings, sha)
+    assert got.status == SnippetStatus.failed and "too large to send" in (got.error or "")
+    engine.dispose()
