@@ -84,6 +84,12 @@ class Settings(BaseSettings):
         default=True,
         description="Separate vocals with Spleeter first (part of the front-end version).",
     )
+    voice_features: bool = Field(
+        default=False,
+        description="Compute voice features (CREPE pitch, resemblyzer speaker embedding) of the "
+        "separated vocals beside the log-mel, and fit a voice head with the members "
+        "(pipeline/voice.py, training/voice_head.py; docs/RESULTS.md).",
+    )
     spleeter_frames: int = Field(
         default=512,
         description="Spleeter segment length T in STFT frames (multiple of 64; 512 = official).",

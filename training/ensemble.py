@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from training.model import INPUT_LAYOUT, build_member, prepare_input
+from training.voice_head import HEAD_FILE, VoiceHead
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,9 @@ def calibrate(proba: Tensor, temperature: float) -> Tensor:
     return torch.softmax(proba.float().clamp_min(1e-12).log() / temperature, dim=-1)
 
 
-def summarize(member_probs: Tensor, temperature: float = 1.0) -> dict[str, Tensor]:
+def summarize(
+    member_probs: Tensor, temperature: float = 1.0, proba: Tensor | None = None
+) -> dict[str, Tensor]:
     """Ensemble decision and uncertainty from the members' probabilities.
 
     ``member_probs``: (M, B, C) softmax outputs. Returns, each over the batch B:
@@ -55,13 +58,15 @@ def summarize(member_probs: Tensor, temperature: float = 1.0) -> dict[str, Tenso
     fraction of members whose own argmax differs from the ensemble's (0 = unanimous, 0.5 = half
     the members vote elsewhere);
     ``entropy`` (B,) predictive entropy of ``proba`` in nats (0 = certain, ln C = uniform).
+    ``proba``, when given, is the decision instead of the calibrated mean (the members fused
+    with the voice head); disagreement is still the members' with it.
     """
     if member_probs.dim() != 3:
         raise ValueError(
             f"expected (M, B, C) member probabilities, got {tuple(member_probs.shape)}"
         )
     p = member_probs.float()
-    proba = calibrate(p.mean(dim=0), temperature)
+    proba = calibrate(p.mean(dim=0), temperature) if proba is None else proba.float()
     confidence, label_idx = proba.max(dim=1)
     member_idx = p.argmax(dim=2)  # (M, B)
     disagreement = (member_idx != label_idx.unsqueeze(0)).float().mean(dim=0)
@@ -128,6 +133,7 @@ class Ensemble:
         channels_last: bool | None = None,
         meta: dict[str, Any] | None = None,
         temperature: float | None = None,
+        voice_head: VoiceHead | None = None,
     ) -> None:
         if not members:
             raise ValueError("an ensemble needs at least one member")
@@ -155,6 +161,12 @@ class Ensemble:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.members = [m.to(self.device, memory_format=fmt).eval() for m in members]
         self._fused = self._build_fused() if mode == "fused" else None
+        self.voice_head: VoiceHead | None = voice_head
+
+    @property
+    def voice_version(self) -> str | None:
+        """The cache key of the voice features the head was fitted on (None: no head)."""
+        return (self.meta.get("voice") or {}).get("version") if self.voice_head else None
 
     @property
     def n_members(self) -> int:
@@ -199,9 +211,17 @@ class Ensemble:
         """(B, 1, 299, 40) -> (B, C) mean of the members' softmax, at ``temperature``."""
         return calibrate(self.member_proba(x).mean(dim=0), self.temperature)
 
-    def predict(self, x: Tensor) -> dict[str, Tensor]:
-        """(B, 1, 299, 40) -> ``summarize`` of the members' probabilities (see there)."""
-        return summarize(self.member_proba(x), self.temperature)
+    def predict(self, x: Tensor, voice: Tensor | None = None) -> dict[str, Tensor]:
+        """(B, 1, 299, 40) -> ``summarize`` of the members' probabilities (see there).
+
+        With a voice head (``voice_head``, saved beside the members) and the windows' voice
+        features ``voice`` (B, D), the decision is the members' calibrated mean fused with the
+        head (training/voice_head.py); without features it is the members' alone."""
+        mp = self.member_proba(x)
+        if self.voice_head is None or voice is None:
+            return summarize(mp, self.temperature)
+        mean = calibrate(mp.float().mean(dim=0), self.temperature)
+        return summarize(mp, proba=self.voice_head.fuse(mean, voice.to(mean.device)))
 
 
 def save_members(directory: Path, members: Sequence[nn.Module], meta: dict[str, Any]) -> Path:
@@ -266,5 +286,16 @@ def load_ensemble(
         device=device,
         mode=mode,
         meta=meta,
+        voice_head=_voice_head(directory, meta),
         **ensemble_kwargs,
     )
+
+
+def _voice_head(directory: Path, meta: dict[str, Any]) -> VoiceHead | None:
+    """The model's voice head, where its meta says it has one (then the file must be there)."""
+    if not meta.get("voice"):
+        return None
+    head = VoiceHead.load(directory)
+    if head is None:
+        raise FileNotFoundError(f"{directory / HEAD_FILE} not found, but meta.json names a head")
+    return head

@@ -61,6 +61,7 @@ from training.model import N_FRAMES, N_MELS, build_member
 from training.parallel import MemberProcesses
 from training.params import DEFAULT_PRESET, PRESETS, TrainParams, preset_params
 from training.stacked import stacked_epoch
+from training.voice_head import fit_voice_head
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ class TrainResult:
     temperature: float = 1.0
     val_ece: float | None = None
     val_ece_calibrated: float | None = None
+    # the voice head, when one was fitted: its fusion weight, and the fused validation scores
+    voice: dict[str, Any] | None = None
 
     def metrics(self) -> dict[str, Any]:
         """The JSON-serialisable part, for a model_versions row or meta.json."""
@@ -123,6 +126,7 @@ class TrainResult:
             "temperature": self.temperature,
             "val_ece": self.val_ece,
             "val_ece_calibrated": self.val_ece_calibrated,
+            **({"voice": self.voice} if self.voice else {}),
         }
 
 
@@ -143,6 +147,7 @@ def run(
     processes: int = 1,
     amp: bool | None = False,
     fence: Callable[[], None] | None = None,
+    voice: np.ndarray | None = None,
 ) -> TrainResult:
     """Train (or resume training) an ensemble on features ``x`` (N, 299, 40) float16.
 
@@ -159,9 +164,16 @@ def run(
     GPU, or a CPU with AVX512-BF16/AMX). It is not part of the params: a run may be resumed with
     it on or off. ``fence`` runs before each checkpoint replaces the last and raises to refuse
     it (a job's claim check; not in the member processes, whose parent polls ``should_stop``).
+    ``voice`` (N, D): each sample's voice features (pipeline/voice.py); when given, a voice head
+    is fitted after the members (training/voice_head.py: on the training singers, its strength
+    and fusion weight on the validation ones) and saved with them; ``meta["voice"]`` should say
+    which features (version, config). It is not part of the data fingerprint: the members'
+    checkpoints do not depend on it, so a run resumes with or without it.
     Raises ValueError if work_dir holds a run with other params or other data.
     """
     params.validate()
+    if voice is not None and len(voice) != len(y):
+        raise ValueError(f"{len(voice)} voice feature rows for {len(y)} samples")
     device = torch.device(device)
     work_dir = Path(work_dir)
     y = np.asarray(y, dtype=np.int64)
@@ -273,7 +285,9 @@ def run(
         if pool is not None:
             pool.close()
     meta = {**(meta or {}), "train_bf16": amp}  # provenance: how the weights were trained
-    return _finish(params, work_dir, device, classes, weights, val_loader, train_idx, y, meta)
+    return _finish(
+        params, work_dir, device, classes, weights, val_loader, train_idx, y, meta, voice
+    )
 
 
 def default_stack(device: str | torch.device, members: int) -> int:
@@ -293,8 +307,10 @@ def _finish(
     train_idx: np.ndarray,
     y: np.ndarray,
     meta: dict[str, Any] | None,
+    voice: np.ndarray | None = None,
 ) -> TrainResult:
-    """Load the final members, score validation as an ensemble, save it as safetensors."""
+    """Load the final members, score validation as an ensemble, save it as safetensors (with
+    the voice head fitted on ``voice``, when given)."""
     members, history = [], []
     for i in range(params.members):
         ckpt = load_checkpoint(work_dir, i, device)
@@ -326,6 +342,26 @@ def _finish(
         ens_acc = accuracy(yv, pred)
         ens_f1 = macro_f1(yv, pred, len(classes))
         cm = confusion_matrix(yv, pred, len(classes))
+    head, voice_info = None, None
+    if voice is not None:
+        val_idx = val_loader.dataset.indices
+        head = fit_voice_head(
+            voice[train_idx],
+            y[train_idx],
+            len(classes),
+            voice[val_idx] if n_val else None,
+            yv if n_val else None,
+            calibrate(mean, temperature) if n_val else None,
+        )
+        voice_info = {"fusion_weight": head.fusion_weight, "l2": head.l2}
+        if n_val:
+            fused = head.fuse(
+                torch.from_numpy(calibrate(mean, temperature)).float(),
+                torch.from_numpy(np.asarray(voice[val_idx], dtype=np.float32)),
+            )
+            fpred = fused.argmax(1).numpy()
+            voice_info["val_acc"] = accuracy(yv, fpred)
+            voice_info["val_macro_f1"] = macro_f1(yv, fpred, len(classes))
     result = TrainResult(
         classes=list(classes),
         member_val_acc=member_acc,
@@ -342,19 +378,22 @@ def _finish(
         temperature=temperature,
         val_ece=ece,
         val_ece_calibrated=ece_t,
+        voice=voice_info,
     )
-    save_members(
-        result.ensemble_dir,
-        ens.members,
-        {
-            **(meta or {}),
-            "classes": list(classes),
-            "arch": params.arch,
-            "normalize": params.normalize,
-            "train_params": params.to_dict(),
-            "metrics": result.metrics(),
-            "temperature": temperature,
-        },
-    )
+    saved_meta = {
+        **(meta or {}),
+        "classes": list(classes),
+        "arch": params.arch,
+        "normalize": params.normalize,
+        "train_params": params.to_dict(),
+        "metrics": result.metrics(),
+        "temperature": temperature,
+    }
+    saved_meta.pop("voice", None)
+    if head is not None:  # the head first: a meta.json naming a head always has its file
+        result.ensemble_dir.mkdir(parents=True, exist_ok=True)
+        head.save(result.ensemble_dir)
+        saved_meta["voice"] = {**(meta or {}).get("voice", {}), **(voice_info or {})}
+    save_members(result.ensemble_dir, ens.members, saved_meta)
     log.info("ensemble val acc %s (members %s)", ens_acc, member_acc)
     return result

@@ -20,6 +20,7 @@ from scorer.settings import Settings
 
 if TYPE_CHECKING:
     from pipeline.spleeter import Separator
+    from pipeline.voice import VoiceConfig
     from training.ensemble import Ensemble
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,19 @@ class Runtime:
     def frontend(self) -> FrontendConfig:
         """The model's front end when one is given (features must match what it was trained on)."""
         return self.frontend_override or frontend_from_settings(self.settings)
+
+    @cached_property
+    def voice(self) -> VoiceConfig | None:
+        """The voice features to compute beside the log-mel (SCORER_VOICE_FEATURES), or None."""
+        if not self.settings.voice_features:
+            return None
+        from pipeline.voice import VoiceConfig
+
+        return VoiceConfig()
+
+    @property
+    def voice_version(self) -> str | None:
+        return self.voice.version(self.frontend.version) if self.voice else None
 
     @cached_property
     def separator(self) -> Separator | None:

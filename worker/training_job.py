@@ -204,6 +204,16 @@ def training_data(
     Every window of a labelled file is a sample with the file's label; a file without a group is
     its own group, so its windows never straddle the validation split.
     """
+    x, y, groups, classes, _ = training_data_with_voice(session, frontend_version, shas, None)
+    return x, y, groups, classes
+
+
+def training_data_with_voice(
+    session: Session, frontend_version: str, shas: list[str] | None, voice_version: str | None
+) -> tuple[np.ndarray, np.ndarray, list[str], list[str], np.ndarray | None]:
+    """``training_data`` and, where ``voice_version`` is given and every training snippet has
+    voice features of it, their (N, D) voice features aligned with x; else None (logged: the
+    snippets were featurised before SCORER_VOICE_FEATURES was on, and the model gets no head)."""
     # Ordered: the training data's fingerprint (checked on resume) depends on the order.
     stmt = (
         select(Snippet.sha256, Snippet.label, Snippet.group)
@@ -230,7 +240,24 @@ def training_data(
         xs.append(f)
         ys.extend([classes.index(label)] * f.shape[0])
         groups.extend([group or sha] * f.shape[0])
-    return np.concatenate(xs), np.asarray(ys, dtype=np.int64), groups, classes
+    voice = None
+    if voice_version is not None:
+        vf = queries.load_features(session, [r[0] for r in rows], voice_version)
+        missing = [
+            r[0] for r in rows if r[0] not in vf or vf[r[0]].shape[0] != feats[r[0]].shape[0]
+        ]
+        if missing:
+            log.warning(
+                "%d of %d training snippets have no voice features %s (featurised before "
+                "SCORER_VOICE_FEATURES was on): training without a voice head",
+                len(missing), len(rows), voice_version,
+            )  # fmt: skip
+        else:
+            voice = np.concatenate([vf[r[0]].reshape(feats[r[0]].shape[0], -1) for r in rows])
+    return (
+        np.concatenate(xs), np.asarray(ys, dtype=np.int64), groups, classes,
+        None if voice is None else voice.astype(np.float32),
+    )  # fmt: skip
 
 
 class Lease:
@@ -375,17 +402,24 @@ def _run_claimed(
         if conflict:
             _fail(lease, conflict)
             raise ScorerError(f"training job {job_id} failed: {conflict}")
-        x, y, groups, classes = training_data(s, rt.frontend.version, params.get("shas"))
+        x, y, groups, classes, voice = training_data_with_voice(
+            s, rt.frontend.version, params.get("shas"), rt.voice_version
+        )
     train_params = TrainParams.from_dict(params["train"])
     work_dir = rt.settings.resolved_model_dir / "jobs" / str(job_id)
-    meta = {"frontend": rt.frontend.to_dict(), "frontend_version": rt.frontend.version}
+    meta: dict[str, Any] = {
+        "frontend": rt.frontend.to_dict(),
+        "frontend_version": rt.frontend.version,
+    }
+    if voice is not None and rt.voice is not None:
+        meta["voice"] = {"version": rt.voice_version, "config": rt.voice.to_dict()}
     try:
         result = run(
             train_params, x, y, groups, classes, work_dir, device=rt.device,
             progress=lease.beat, should_stop=lease.should_stop, meta=meta,
             show_progress=show_progress, stack=rt.settings.train_stack or None,
             processes=rt.settings.train_processes, amp=rt.settings.train_amp,
-            fence=lease.fence,
+            fence=lease.fence, voice=voice,
         )  # fmt: skip
     except TrainingStopped:
         if lease.lost:

@@ -1,0 +1,224 @@
+"""Voice features on the fixed mir1k4 split: each family alone, with the log-mel ensemble, cost.
+
+    python -m bench.mir1k4_vocals --out RUN                    # Spleeter vocals, once (~25 min)
+    python -m bench.voice_probe features --run RUN             # log-mel + voice features
+    python -m bench.voice_probe ensemble --run RUN [--arch resnet10 --members 5 --epochs 6]
+    python -m bench.voice_probe fuse --run RUN                 # the table (RUN/voice_probe.json)
+
+Every step resumes or is cheap to redo. The split is bench/mir1k4_split.py's (singers never
+heard in training are the test); the ensemble is trained by the project's own training code
+(`training.train.run`, via bench.gpu_suite.train_and_evaluate) on the training singers with its
+validation singers held back; the voice head (training/voice_head.py) is fitted on the same
+training part, its L2 and fusion weight chosen on the same validation singers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.mir1k4_split import side
+
+CLASSES = ["none", "male", "female", "multi"]
+CHUNK = 64
+
+
+def _rows(data: Path, run: Path) -> list[dict[str, str]]:
+    files = (run / "vocals_files.txt").read_text(encoding="utf-8").split()
+    with open(data / "labels.csv", newline="", encoding="utf-8") as f:
+        by_file = {r["file"]: r for r in csv.DictReader(f)}
+    return [by_file[f] for f in files]
+
+
+def features(run: Path, frames: int) -> None:
+    """RUN/mels.npy (N, 299, 40) float16 and RUN/voice.npy (N, D) float32, resumable."""
+    from pipeline.frontend import FrontendConfig
+    from pipeline.preprocess import mel_windows
+    from pipeline.voice import VoiceConfig, voice_features
+
+    vocals = np.load(run / f"vocals_T{frames}.npy", mmap_mode="r")
+    n = vocals.shape[0]
+    cfg, vcfg = FrontendConfig(spleeter_frames=frames), VoiceConfig()
+    mels = np.lib.format.open_memmap(
+        run / "mels.npy",
+        mode="r+" if (run / "mels.npy").exists() else "w+",
+        dtype=np.float16,
+        shape=(n, cfg.n_frames, cfg.n_mels),
+    )
+    voice = np.lib.format.open_memmap(
+        run / "voice.npy",
+        mode="r+" if (run / "voice.npy").exists() else "w+",
+        dtype=np.float32,
+        shape=(n, vcfg.dim),
+    )
+    done_path = run / "features.done"
+    done = int(done_path.read_text()) if done_path.exists() else 0
+    cost = json.loads((run / "cost.json").read_text()) if (run / "cost.json").exists() else {}
+    for lo in range(done, n, CHUNK):
+        x = np.asarray(vocals[lo : lo + CHUNK], dtype=np.float32)
+        t0 = time.process_time()
+        mels[lo : lo + len(x)] = np.stack(mel_windows(list(x), cfg))[:, 0]
+        t1 = time.process_time()
+        xt = torch.from_numpy(x)
+        voice[lo : lo + len(x), : vcfg.dim - 256] = voice_features(
+            xt, VoiceConfig(embedding=False)
+        ).numpy()
+        t2 = time.process_time()
+        from pipeline.voice import load_voice_encoder, speaker_embedding
+
+        with torch.inference_mode():
+            voice[lo : lo + len(x), vcfg.dim - 256 :] = speaker_embedding(
+                load_voice_encoder(), xt, vcfg
+            ).numpy()
+        t3 = time.process_time()
+        for key, dt in (("logmel", t1 - t0), ("pitch", t2 - t1), ("embedding", t3 - t2)):
+            cost[key] = cost.get(key, 0.0) + dt
+        cost["n"] = cost.get("n", 0) + len(x)
+        mels.flush()
+        voice.flush()
+        (run / "cost.json").write_text(json.dumps(cost))
+        done_path.write_text(str(lo + len(x)))
+        print(
+            f"{lo + len(x)}/{n}",
+            {k: round(v / cost["n"], 4) for k, v in cost.items() if k != "n"},
+            flush=True,
+        )
+
+
+def _split(rows: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    sides = [side(r["split_group"]) for r in rows]
+    train = np.array([i for i, s in enumerate(sides) if s == "train"])
+    test = np.array([i for i, s in enumerate(sides) if s == "test"])
+    return train, test
+
+
+def ensemble(run: Path, data: Path, arch: str, members: int, epochs: int) -> None:
+    """Train the log-mel ensemble on the training singers; RUN/probs_<name>.npz."""
+    from bench.gpu_suite import Split, train_and_evaluate
+    from training.params import TrainParams
+
+    rows = _rows(data, run)
+    mels = np.load(run / "mels.npy", mmap_mode="r")
+    tr, te = _split(rows)
+    y = np.array([CLASSES.index(r["label"]) for r in rows])
+    g = np.array([r["split_group"] for r in rows])
+    shas = np.array([r["file"] for r in rows])
+    train = Split(np.asarray(mels[tr]), y[tr], list(g[tr]), list(shas[tr]))
+    test = Split(np.asarray(mels[te]), y[te], list(g[te]), list(shas[te]))
+    params = TrainParams(arch=arch, members=members, epochs=epochs)
+    name = f"{arch}x{members}x{epochs}"
+    result = train_and_evaluate(
+        name, train, test, params, "cpu", run, deadline=time.monotonic() + 10 * 3600
+    )
+    (run / f"ensemble_{name}.json").write_text(json.dumps(result, indent=1, default=str))
+    print(json.dumps(result["test"], default=str)[:1500])
+
+
+def _metrics(proba: np.ndarray, y: np.ndarray) -> dict[str, float | list[float]]:
+    from training.metrics import accuracy, macro_f1, precision_recall_f1
+
+    pred = proba.argmax(1)
+    _, rec, _ = precision_recall_f1(y, pred, len(CLASSES))
+    return {
+        "accuracy": round(accuracy(y, pred), 4),
+        "macro_f1": round(macro_f1(y, pred, len(CLASSES)), 4),
+        "recall": [round(float(r), 3) for r in rec],
+    }
+
+
+FAMILIES = {
+    "pitch statistics (9)": slice(0, 9),
+    "pitch stats + profile (45)": slice(0, 45),
+    "speaker embedding (256)": slice(45, 301),
+    "pitch + embedding (301)": slice(0, 301),
+}
+
+
+def fuse(run: Path, data: Path, name: str) -> None:
+    """Each family alone and fused with the ensemble; RUN/voice_probe.json."""
+    from training.data import group_split
+    from training.params import TrainParams
+    from training.voice_head import fit_linear, fit_voice_head
+    from training.voice_head import fuse as fuse_probs
+
+    rows = _rows(data, run)
+    voice = np.load(run / "voice.npy")
+    tr, te = _split(rows)
+    y = np.array([CLASSES.index(r["label"]) for r in rows])
+    g = [r["split_group"] for r in rows]
+    probs = np.load(run / f"probs_{name}.npz")
+    params = TrainParams(**json.loads((run / f"ensemble_{name}.json").read_text())["params"])
+    fit_idx, val_idx = group_split([g[i] for i in tr], y[tr], params.val_fraction, params.seed)
+    fit, val = tr[fit_idx], tr[val_idx]
+    ens_test = probs["test"].astype(np.float32).mean(0)
+    ens_val = probs["val"].astype(np.float32).mean(0)
+    assert (probs["test_y"] == y[te]).all() and (probs["val_y"] == y[val]).all()
+    table: dict[str, dict] = {"ensemble alone": _metrics(ens_test, y[te])}
+    for fam, cols in FAMILIES.items():
+        head = fit_voice_head(voice[fit][:, cols], y[fit], 4, voice[val][:, cols], y[val], ens_val)
+        alone = head.log_proba(torch.from_numpy(voice[te][:, cols])).exp().numpy()
+        fused = head.fuse(torch.from_numpy(ens_test), torch.from_numpy(voice[te][:, cols]))
+        half = fuse_probs(
+            torch.from_numpy(ens_test),
+            head.log_proba(torch.from_numpy(voice[te][:, cols])),
+            0.5,
+        )
+        table[f"{fam} alone"] = {**_metrics(alone, y[te]), "l2": head.l2}
+        table[f"ensemble + {fam}"] = {
+            **_metrics(fused.numpy(), y[te]),
+            "w": head.fusion_weight,
+        }
+        table[f"ensemble + {fam}, w=0.5"] = _metrics(half.numpy(), y[te])
+    # A stacked head on [log ensemble probs, voice] fitted on the validation singers, where the
+    # ensemble's probabilities are out of sample (the training singers' are not).
+    stack_x = np.concatenate([np.log(np.clip(ens_val, 1e-6, 1)), voice[val]], 1)
+    stack_t = np.concatenate([np.log(np.clip(ens_test, 1e-6, 1)), voice[te]], 1)
+    for l2 in (1e-2, 1e-1):
+        h = fit_linear(stack_x, y[val], 4, l2)
+        p = h.log_proba(torch.from_numpy(stack_t.astype(np.float32))).exp().numpy()
+        table[f"stacked head on validation singers (l2={l2})"] = _metrics(p, y[te])
+    cost = json.loads((run / "cost.json").read_text())
+    out = {
+        "ensemble": name,
+        "n_fit": len(fit),
+        "n_val": len(val),
+        "n_test": len(te),
+        "cpu_s_per_snippet": {k: round(v / cost["n"], 4) for k, v in cost.items() if k != "n"},
+        "table": table,
+    }
+    (run / f"voice_probe_{name}.json").write_text(json.dumps(out, indent=1))
+    print(f"{'model':58s} {'acc':>6s} {'mF1':>6s}  recall none/male/female/multi")
+    for k, v in table.items():
+        extra = {kk: vv for kk, vv in v.items() if kk in ("w", "l2")}
+        print(f"{k:58s} {v['accuracy']:6.4f} {v['macro_f1']:6.4f}  {v['recall']} {extra or ''}")
+    print("CPU s per snippet:", out["cpu_s_per_snippet"])
+
+
+def main() -> None:
+    here = Path(__file__).resolve().parents[1]
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("step", choices=["features", "ensemble", "fuse"])
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--data", type=Path, default=here.parent / "shared/data/mir1k4")
+    p.add_argument("--frames", type=int, default=512)
+    p.add_argument("--arch", default="resnet10")
+    p.add_argument("--members", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=6)
+    a = p.parse_args()
+    torch.manual_seed(0)
+    if a.step == "features":
+        features(a.run, a.frames)
+    elif a.step == "ensemble":
+        ensemble(a.run, a.data, a.arch, a.members, a.epochs)
+    else:
+        fuse(a.run, a.data, f"{a.arch}x{a.members}x{a.epochs}")
+
+
+if __name__ == "__main__":
+    main()
