@@ -1,8 +1,8 @@
 """Each ensemble member's vote on one snippet, computed on demand from its cached features.
 
 The predictions table keeps only the ensemble's mean and its disagreement, so the votes are
-recomputed: one forward of the model version's members over the snippet's windows (for a 3 s
-snippet and 20 ResNet-34s, about a second on a CPU), the weights loaded once per server.
+recomputed: one forward of the model version's members over the snippet's windows, the weights
+loaded once per server.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class MemberVotes:
         windows, batch, parts = feats[sha], self.settings.infer_batch, []
         with torch.inference_mode():
             for b in range(0, len(windows), batch):
-                x = torch.from_numpy(np.ascontiguousarray(windows[b : b + batch]))
+                x = torch.from_numpy(np.array(windows[b : b + batch]))  # a writable copy
                 parts.append(ensemble.member_proba(x).cpu().numpy())
         member_proba = np.concatenate(parts, axis=1)  # (M, W, C)
         members = []

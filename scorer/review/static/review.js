@@ -90,6 +90,7 @@ async function queuePage() {
   const body = document.querySelector("#queue tbody");
   const more = document.getElementById("more");
   const status = document.getElementById("queue-status");
+  const skipped = new Set(JSON.parse(sessionStorage.getItem("skipped") || "[]"));
   let next = null;
   let shown = 0;
   async function load() {
@@ -100,6 +101,7 @@ async function queuePage() {
       const link = el("a", { href: withFilters("snippet/" + item.id), text: basename(item.path), title: item.path });
       const truth = el("td", { text: item.truth || "" });
       if (item.reviewed) truth.append(el("span", { class: "badge", text: "reviewed" }));
+      else if (skipped.has(item.id)) truth.append(el("span", { class: "badge skipped", text: "skipped" }));
       const predicted = el("td", {}, el("span", { class: "dot" }), item.predicted);
       predicted.firstChild.style.background = colour(page.model.classes, item.predicted);
       body.append(el("tr", { "data-id": item.id }, el("td", {}, link), predicted,
