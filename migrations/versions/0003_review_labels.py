@@ -5,7 +5,8 @@ Revises: 0002
 Create Date: 2026-11-27 22:40:00
 
 - ``snippets.label_origin`` / ``snippets.labelled_at``: where a label came from (null = with the
-  data, ``review`` = `scorer review`) and when it was written (issue 13).
+  data, ``review`` = `scorer review`) and when it was written (issue 13); both indexed, for the
+  review queue's filters on them.
 - ``label_events``: every labelling write, append-only (last write wins on ``snippets.label``).
 - ``ix_predictions_version_window_entropy`` / ``..._disagreement``: the review queue's keyset
   pagination (least certain first) reads an index, so a deep page costs what the first does.
@@ -26,6 +27,10 @@ def upgrade() -> None:
     with op.batch_alter_table("snippets", schema=None) as batch_op:
         batch_op.add_column(sa.Column("label_origin", sa.String(length=16), nullable=True))
         batch_op.add_column(sa.Column("labelled_at", sa.DateTime(timezone=True), nullable=True))
+        batch_op.create_index(batch_op.f("ix_snippets_label"), ["label"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_snippets_label_origin"), ["label_origin"], unique=False
+        )
     op.create_table(
         "label_events",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -73,5 +78,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_label_events_sha256"))
     op.drop_table("label_events")
     with op.batch_alter_table("snippets", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_snippets_label_origin"))
+        batch_op.drop_index(batch_op.f("ix_snippets_label"))
         batch_op.drop_column("labelled_at")
         batch_op.drop_column("label_origin")

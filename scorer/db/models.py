@@ -95,11 +95,11 @@ class Snippet(Base):
     # and cleared after it: found set by another delivery, the one that set it died mid-work, and
     # only that counts in `attempts` (a retry after a transient error does not; worker/tasks.py).
     in_flight: Mapped[str | None] = mapped_column(String(255))
-    label: Mapped[str | None] = mapped_column(String(64))
+    label: Mapped[str | None] = mapped_column(String(64), index=True)
     # Where `label` came from: null = with the data (a labels CSV or a folder per class),
     # "review" = a person listening on `scorer review`; and when it was set by a labelling
     # write (null for labels that came with the data). Every labelling write is in label_events.
-    label_origin: Mapped[str | None] = mapped_column(String(16))
+    label_origin: Mapped[str | None] = mapped_column(String(16), index=True)
     labelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     group: Mapped[str | None] = mapped_column("group_name", String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

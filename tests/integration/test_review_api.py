@@ -23,6 +23,7 @@ from pipeline.frontend import FrontendConfig
 from scorer.db import queries
 from scorer.db.engine import make_sessionmaker
 from scorer.db.models import FILE_WINDOW, LabelEvent, ModelVersion, Snippet
+from scorer.review import store
 from scorer.review.app import build_app
 from scorer.settings import Settings
 
@@ -257,7 +258,12 @@ def test_keyset_pages_list_each_verdict_once_least_certain_first(
     assert first["path"] == str(data["paths"][data["ids"].index(first["id"])])
 
 
-def test_queue_filters(review: tuple[TestClient, dict]) -> None:
+@pytest.mark.parametrize("selective", [store.SELECTIVE, 0])
+def test_queue_filters(
+    review: tuple[TestClient, dict], monkeypatch: pytest.MonkeyPatch, selective: int
+) -> None:
+    """Both ways to read a filtered page: by the few matching shas, and in index order."""
+    monkeypatch.setattr(store, "SELECTIVE", selective)
     client, data = review
     males = _all_pages(client, 2, predicted="male")
     assert {it["predicted"] for it in males} == {"male"} and len(males) == 2
@@ -269,6 +275,15 @@ def test_queue_filters(review: tuple[TestClient, dict]) -> None:
     assert target not in {it["id"] for it in _all_pages(client, 3, reviewed="no")}
     assert [it["id"] for it in _all_pages(client, 3, truth="multi")] == [target]
     assert len(_all_pages(client, 3, truth="unlabelled")) == len(VERDICTS) - 1
+    for i, label in ((0, "male"), (2, "male"), (3, "female"), (5, "male")):
+        client.post(f"/{TOKEN}/api/snippets/{data['ids'][i]}/label", json={"label": label})
+    by_id = dict(zip(data["ids"], VERDICTS, strict=True))
+    males = [data["ids"][i] for i in (0, 2, 5)]
+    expected = sorted(males, key=lambda i: (by_id[i][1], i), reverse=True)
+    for limit in (1, 2, 5):
+        assert [it["id"] for it in _all_pages(client, limit, truth="male", reviewed="yes")] == (
+            expected
+        )
 
 
 # --- one snippet, labels, summary ----------------------------------------------------------------
