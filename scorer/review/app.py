@@ -28,7 +28,7 @@ from scorer.db import queries
 from scorer.db.engine import make_sessionmaker
 from scorer.db.models import LABEL_ORIGIN_REVIEW, ModelVersion
 from scorer.review import store
-from scorer.review.audio import AudioUnavailable, OriginalFiles, Vocals, media_type
+from scorer.review.audio import AudioUnavailable, OriginalFiles, TooLong, Vocals, media_type
 from scorer.review.members import MemberVotes
 from scorer.settings import Settings
 
@@ -203,6 +203,8 @@ class Review:
             frontend = dict(model.frontend)
         try:
             path = self.vocals.get(sha, found.path, frontend)
+        except TooLong as exc:
+            raise HTTPException(422, str(exc)) from exc
         except Exception as exc:  # an undecodable file, a separator that cannot load: say why
             raise HTTPException(500, f"vocals could not be separated: {exc}") from exc
         return FileResponse(path, media_type="audio/wav")

@@ -20,6 +20,9 @@ from scorer.errors import ScorerError
 from scorer.settings import Settings
 
 HASH_CHUNK = 1 << 20
+VOCALS_MAX_S = 900.0
+"""Longest file whose vocals the page separates: it is decoded and separated whole on the
+request (scoring takes long files in blocks; a page request should not hold gigabytes)."""
 
 MEDIA_TYPES = {
     ".mp3": "audio/mpeg",
@@ -31,6 +34,10 @@ MEDIA_TYPES = {
 
 class AudioUnavailable(ScorerError):
     """No readable file holds the snippet's content any more (moved, changed, unmounted)."""
+
+
+class TooLong(ScorerError):
+    """A file longer than VOCALS_MAX_S: no vocals on the page (its windows still play)."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,12 @@ class Vocals:
         from pipeline.preprocess import vocals_mono
         from worker.runtime import Runtime, configure_threads
 
+        seconds = sf.info(str(original)).duration
+        if seconds > VOCALS_MAX_S:
+            raise TooLong(
+                f"{seconds:.0f} s is too long to separate on the page (at most "
+                f"{VOCALS_MAX_S:.0f} s); its windows play from the original"
+            )
         cfg = replace(FrontendConfig.from_dict(frontend), separation=True)
         runtime = Runtime(self.settings, frontend_override=cfg)
         configure_threads(self.settings)

@@ -368,3 +368,15 @@ def test_summary_counts_accuracy_and_confusion(review: tuple[TestClient, dict]) 
     assert cm.sum() == 2
     assert s["predicted"] == {"male": 2, "female": 2, "none": 2, "multi": 1}
     assert s["labels"] == {"male": {"data": 0, "review": 1}, "multi": {"data": 0, "review": 1}}
+
+
+def test_vocals_of_a_file_too_long_to_separate_on_the_page_are_refused_with_the_reason(
+    review: tuple[TestClient, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scorer.review import audio
+
+    monkeypatch.setattr(audio, "VOCALS_MAX_S", 1.0)
+    client, data = review
+    response = api(client, f"snippets/{data['ids'][0]}/vocals")
+    assert response.status_code == 422
+    assert "too long to separate on the page" in response.json()["error"]
