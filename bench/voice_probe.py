@@ -59,6 +59,8 @@ def features(run: Path, frames: int) -> None:
     )
     done_path = run / "features.done"
     done = int(done_path.read_text()) if done_path.exists() else 0
+    dumped = run / f"vocals_T{frames}.done"  # the vocals may still be being written
+    n = min(n, int(dumped.read_text())) if dumped.exists() else n
     cost = json.loads((run / "cost.json").read_text()) if (run / "cost.json").exists() else {}
     for lo in range(done, n, CHUNK):
         x = np.asarray(vocals[lo : lo + CHUNK], dtype=np.float32)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
@@ -31,6 +32,7 @@ import torch
 from pipeline.decode import Source, _prefix, _unreadable, downmix, is_empty, open_source
 from pipeline.frontend import FrontendConfig
 from pipeline.mel import log_mel
+from pipeline.preprocess import window_voice
 from pipeline.spleeter import (
     DEFAULT_CHUNK_SEGMENTS,
     FRAME_LENGTH,
@@ -44,6 +46,9 @@ from pipeline.spleeter import (
     n_frames,
 )
 from scorer.errors import InputError
+
+if TYPE_CHECKING:
+    from pipeline.voice import VoiceConfig
 
 READ_FRAMES = 1 << 20
 """Samples per channel decoded at a time (24 s at 44.1 kHz; 34 MB for 8 channels float32)."""
@@ -240,6 +245,7 @@ class Featurised:
     sample_rate: int
     channels: int
     frames: int  # decoded samples per channel
+    voice: np.ndarray | None = None  # (W, D) float16 voice features, when asked for
 
     @property
     def duration_s(self) -> float:
@@ -255,6 +261,7 @@ def featurize_blocks(
     min_tail_s: float = 1.0,
     name: str | None = None,
     read_frames: int = READ_FRAMES,
+    voice: VoiceConfig | None = None,
 ) -> Featurised:
     """`pipeline.preprocess.featurize` of one file, block by block (module docstring).
 
@@ -273,10 +280,16 @@ def featurize_blocks(
     stream = StreamingSeparator(separator) if separator is not None and cfg.separation else None
     windows = Windows(cfg.window_samples, round(min_tail_s * cfg.sample_rate))
     parts: list[np.ndarray] = []
+    voice_parts: list[np.ndarray] = []
     decoded = 0
 
+    def featurise(w: np.ndarray) -> None:
+        parts.append(_mels(w, cfg, device))
+        if voice is not None:
+            voice_parts.append(window_voice(w, voice, device))
+
     def to_windows(mono: np.ndarray) -> None:
-        parts.append(_mels(windows.feed(mono), cfg, device))
+        featurise(windows.feed(mono))
 
     def through(block: np.ndarray, last: bool) -> None:
         x = to_model(downmix(block)[None, :] if mono_in and block.shape[0] > 1 else block, last)
@@ -297,5 +310,11 @@ def featurize_blocks(
     if decoded == 0:
         raise InputError(f"{_prefix(name)}no audio samples")
     through(np.zeros((1 if mono_in else channels, 0), dtype=np.float32), last=True)
-    parts.append(_mels(windows.finish(), cfg, device))
-    return Featurised(np.concatenate(parts, axis=0), sr, channels, decoded)
+    featurise(windows.finish())
+    return Featurised(
+        np.concatenate(parts, axis=0),
+        sr,
+        channels,
+        decoded,
+        np.concatenate(voice_parts, axis=0) if voice is not None else None,
+    )

@@ -86,9 +86,9 @@ def evaluate_model(
             f"no labelled files to evaluate model {model.name} on: enqueue labelled audio that "
             "it was not trained on (`scorer enqueue FILES --labels CSV`), or give --labels CSV"
         )
-    member_proba, counts, temperature = _run_ensemble(settings, engine, model, files)
+    member_proba, counts, temperature, decision = _run_ensemble(settings, engine, model, files)
     y_true = np.array([classes.index(f["label"]) for f in files], dtype=np.int64)
-    report = summarize(member_proba, counts, y_true, classes, temperature)
+    report = summarize(member_proba, counts, y_true, classes, temperature, decision)
     includes = trained_on is None or any(f["sha256"] in trained_on for f in files)
     return {
         "model": model.name,
@@ -279,6 +279,7 @@ def _run_ensemble(
     from scorer.db import queries
     from scorer.db.engine import make_sessionmaker
     from worker.runtime import Runtime
+    from worker.stages import voice_windows
 
     ensemble = Runtime(settings).ensemble(model.weights_uri)
     if ensemble.classes != list(model.classes):
@@ -288,6 +289,7 @@ def _run_ensemble(
         )
     counts = np.array([f["n_windows"] for f in files], dtype=np.int64)
     parts: list[np.ndarray] = []
+    decided: list[np.ndarray] = []  # the voice head's fused windows, where the model has one
     batch = settings.infer_batch
     with (
         make_sessionmaker(engine)() as s,
@@ -300,11 +302,17 @@ def _run_ensemble(
             shas = [f["sha256"] for f in files[start : start + CHUNK_FILES]]
             feats = queries.load_features(s, shas, model.frontend_version)
             windows = np.concatenate([feats[sha] for sha in shas])
+            voice = voice_windows(s, ensemble, shas, feats)
             for b in range(0, len(windows), batch):
                 x = torch.from_numpy(np.ascontiguousarray(windows[b : b + batch]))
-                parts.append(ensemble.member_proba(x).cpu().numpy())
+                mp = ensemble.member_proba(x)
+                parts.append(mp.cpu().numpy())
+                if voice is not None:
+                    vb = torch.from_numpy(voice[b : b + batch])
+                    decided.append(ensemble.decision(mp, vb).cpu().numpy())
                 bar.update(min(batch, len(windows) - b))
-    return np.concatenate(parts, axis=1), counts, ensemble.temperature
+    decision = np.concatenate(decided) if decided else None
+    return np.concatenate(parts, axis=1), counts, ensemble.temperature, decision
 
 
 # --- the numbers --------------------------------------------------------------------------------
@@ -316,11 +324,15 @@ def summarize(
     y_true: np.ndarray,
     classes: list[str],
     temperature: float = 1.0,
+    decision: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Every number of the report from (M, N, C) window probabilities per member, (F,) windows
     per file (in order), (F,) true class indices and the model's temperature. Windows are
     calibrated before they are combined, as the workers score them; calibration keeps every
-    window's decision, and ECE is given before and after it. Pure: no I/O."""
+    window's decision, and ECE is given before and after it. ``decision`` (N, C): the model's
+    own window probabilities where they are not the members' calibrated mean (a voice head's
+    fusion); the verdicts, accuracy, per-class figures and ECE are then its, and
+    ``members_alone`` gives the members' accuracy and macro-F1 beside it. Pure: no I/O."""
     from training.calibration import (
         accuracy_vs_members,
         calibrate,
@@ -344,6 +356,15 @@ def summarize(
     if temperature != 1.0:
         window_proba = calibrate(raw_window_proba, temperature)
     file_proba = verdicts(raw_window_proba)  # (F, C)
+    members_alone = None
+    if decision is not None:
+        pred_members = file_proba.argmax(axis=1)
+        members_alone = {
+            "accuracy": accuracy(y_true, pred_members),
+            "macro_f1": macro_f1(y_true, pred_members, n_classes),
+        }
+        window_proba = decision
+        file_proba = np.stack([file_verdict(p, classes) for p in np.split(decision, bounds)])
     y_pred = file_proba.argmax(axis=1)
     cm = confusion_matrix(y_true, y_pred, n_classes)
     precision, recall, f1 = precision_recall_f1(y_true, y_pred, n_classes)
@@ -386,6 +407,7 @@ def summarize(
             "bins": [asdict(b) for b in bins],
         },
         "multi_window": _multi_window(window_proba, counts, y_true, classes),
+        **({"members_alone": members_alone} if members_alone else {}),
     }
 
 

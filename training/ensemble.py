@@ -212,16 +212,24 @@ class Ensemble:
         return calibrate(self.member_proba(x).mean(dim=0), self.temperature)
 
     def predict(self, x: Tensor, voice: Tensor | None = None) -> dict[str, Tensor]:
-        """(B, 1, 299, 40) -> ``summarize`` of the members' probabilities (see there).
-
-        With a voice head (``voice_head``, saved beside the members) and the windows' voice
-        features ``voice`` (B, D), the decision is the members' calibrated mean fused with the
-        head (training/voice_head.py); without features it is the members' alone."""
+        """(B, 1, 299, 40) -> ``summarize`` of the members' probabilities (see there), with
+        ``decision``'s probabilities as the verdict."""
         mp = self.member_proba(x)
+        return summarize(mp, proba=self.decision(mp, voice))
+
+    def decision(self, member_probs: Tensor, voice: Tensor | None = None) -> Tensor:
+        """(M, B, C) member probabilities -> (B, C) the model's verdict: the calibrated mean;
+        with a voice head (``voice_head``, saved beside the members) and the windows' voice
+        features ``voice`` (B, D), that mean fused with the head (training/voice_head.py).
+        A window without features (a NaN row: featurised before voice features were on) keeps
+        the members' mean."""
+        mean = calibrate(member_probs.float().mean(dim=0), self.temperature)
         if self.voice_head is None or voice is None:
-            return summarize(mp, self.temperature)
-        mean = calibrate(mp.float().mean(dim=0), self.temperature)
-        return summarize(mp, proba=self.voice_head.fuse(mean, voice.to(mean.device)))
+            return mean
+        voice = voice.to(mean.device).float()
+        known = torch.isfinite(voice).all(dim=1, keepdim=True)
+        fused = self.voice_head.fuse(mean, torch.nan_to_num(voice))
+        return torch.where(known, fused, mean)
 
 
 def save_members(directory: Path, members: Sequence[nn.Module], meta: dict[str, Any]) -> Path:

@@ -204,7 +204,7 @@ def run(
         items = list(todo.values())
         results = pool.map(items) if pool is not None else preprocess(rt, items)
         with sessions.begin() as s:
-            save_preprocessed(s, rt.frontend.version, results)
+            save_preprocessed(s, rt.frontend.version, results, rt.voice_version)
         fresh: dict[str, int] = {}
         for r in results:
             if r.error is not None:

@@ -54,6 +54,7 @@ def _featurise_long(rt: Runtime, source: Source) -> Featurised:
             rt.separator,
             device=rt.device,
             min_tail_s=rt.settings.min_tail_s,
+            voice=rt.voice,
         )
     except InputError:
         raise

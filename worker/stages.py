@@ -45,6 +45,7 @@ class Preprocessed:
     windows: np.ndarray | None = None  # (W, 299, 40) float16
     audio_info: dict | None = None
     error: str | None = None
+    voice: np.ndarray | None = None  # (W, D) float16 voice features, when the runtime asks
 
 
 def one_line(exc: BaseException) -> str:
@@ -80,7 +81,7 @@ def preprocess(rt: Runtime, items: list[Item]) -> list[Preprocessed]:
             },
         )
         if isinstance(audio, Featurised):
-            out[item.sha256].windows = audio.windows
+            out[item.sha256].windows, out[item.sha256].voice = audio.windows, audio.voice
         else:
             good.append((item, audio))
     if not good:
@@ -92,34 +93,48 @@ def preprocess(rt: Runtime, items: list[Item]) -> list[Preprocessed]:
             log.info("featurising a batch of %d failed (%s); item by item", len(good), exc)
         for item, audio in good:
             try:
-                (out[item.sha256].windows,) = featurize_batch(rt, [audio])
+                ((out[item.sha256].windows, out[item.sha256].voice),) = featurize_batch(rt, [audio])
             except Exception as one:
                 out[item.sha256] = Preprocessed(
                     item.sha256, error=f"cannot featurise: {one_line(one)}"
                 )
     else:
-        for (item, _), windows in zip(good, feats, strict=True):
-            out[item.sha256].windows = windows
+        for (item, _), (windows, voice) in zip(good, feats, strict=True):
+            out[item.sha256].windows, out[item.sha256].voice = windows, voice
     return [out[i.sha256] for i in items]
 
 
-def featurize_batch(rt: Runtime, audios: list[Audio]) -> list[np.ndarray]:
-    """Separate and featurise `audios` with the runtime's front end and separator."""
-    from pipeline.preprocess import featurize
+def featurize_batch(rt: Runtime, audios: list[Audio]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Separate and featurise `audios` with the runtime's front end and separator: log-mel
+    windows, and their voice features where SCORER_VOICE_FEATURES asks for them."""
+    from pipeline.preprocess import featurize_all
 
-    return featurize(
-        audios, rt.frontend, rt.separator, device=rt.device, min_tail_s=rt.settings.min_tail_s
+    return featurize_all(
+        audios,
+        rt.frontend,
+        rt.separator,
+        device=rt.device,
+        min_tail_s=rt.settings.min_tail_s,
+        voice=rt.voice,
     )
 
 
-def save_preprocessed(session: Session, frontend_version: str, results: list[Preprocessed]) -> None:
-    """Features rows + status `preprocessed`, or status `failed` with the one-line reason."""
+def save_preprocessed(
+    session: Session,
+    frontend_version: str,
+    results: list[Preprocessed],
+    voice_version: str | None = None,
+) -> None:
+    """Features rows (log-mel, and voice features under `voice_version` where computed) +
+    status `preprocessed`, or status `failed` with the one-line reason."""
     for r in results:
         if r.error is not None:
             queries.mark_failed(session, r.sha256, r.error)
             continue
         assert r.windows is not None
         queries.store_features(session, r.sha256, frontend_version, r.windows)
+        if r.voice is not None and voice_version is not None:
+            queries.store_features(session, r.sha256, voice_version, r.voice[:, None, :])
         queries.set_status(
             session,
             [r.sha256],
@@ -156,14 +171,46 @@ def _entropy(p: np.ndarray) -> float:
 
 
 def predict_windows(
-    ensemble: Ensemble, windows: np.ndarray, batch_size: int
+    ensemble: Ensemble, windows: np.ndarray, batch_size: int, voice: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
-    """(N, 299, 40) float16 windows -> the ensemble's summary per window, in batches, as numpy."""
+    """(N, 299, 40) float16 windows -> the ensemble's summary per window, in batches, as numpy.
+    `voice` (N, D): the windows' voice features for a model with a voice head (NaN rows where
+    a window has none)."""
     parts: list[dict[str, torch.Tensor]] = []
     for start in range(0, len(windows), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(windows[start : start + batch_size]))
-        parts.append({k: v.cpu() for k, v in ensemble.predict(x).items()})
+        vb = None if voice is None else torch.from_numpy(voice[start : start + batch_size])
+        parts.append({k: v.cpu() for k, v in ensemble.predict(x, voice=vb).items()})
     return {k: torch.cat([p[k] for p in parts]).numpy() for k in parts[0]}
+
+
+def voice_windows(
+    session: Session, ensemble: Ensemble, order: list[str], feats: dict[str, np.ndarray]
+) -> np.ndarray | None:
+    """The voice features of `order`'s windows, stacked like their log-mel, for a model with a
+    voice head; NaN rows for snippets featurised without them (those are judged by the members
+    alone, and the log says how many). None for a model without a head."""
+    version = ensemble.voice_version
+    if version is None or ensemble.voice_head is None:
+        return None
+    found = queries.load_features(session, order, version)
+    dim = ensemble.voice_head.mean.shape[0]
+    rows, missing = [], 0
+    for sha in order:
+        w = feats[sha].shape[0]
+        v = found.get(sha)
+        if v is None or v.shape[0] != w or v.shape[-1] != dim:
+            rows.append(np.full((w, dim), np.nan, dtype=np.float32))
+            missing += 1
+        else:
+            rows.append(v.reshape(w, dim).astype(np.float32))
+    if missing:
+        log.warning(
+            "%d of %d snippets have no voice features %s (featurised before "
+            "SCORER_VOICE_FEATURES was on): scored by the members alone",
+            missing, len(order), version,
+        )  # fmt: skip
+    return np.concatenate(rows, axis=0)
 
 
 def score(session: Session, rt: Runtime, model: ModelVersion, shas: list[str]) -> dict[str, str]:
@@ -177,7 +224,8 @@ def score(session: Session, rt: Runtime, model: ModelVersion, shas: list[str]) -
     order = [s for s in shas if s in feats]
     stacked = np.concatenate([feats[s] for s in order], axis=0)
     ensemble = rt.ensemble(model.weights_uri)
-    summary = predict_windows(ensemble, stacked, batch_size=rt.settings.infer_batch)
+    voice = voice_windows(session, ensemble, order, feats)
+    summary = predict_windows(ensemble, stacked, batch_size=rt.settings.infer_batch, voice=voice)
     classes = list(model.classes)
     hop_s = rt.frontend.window_samples / rt.frontend.sample_rate
     # Whole-batch conversions to Python values (one .tolist() each), not float() per value.

@@ -179,7 +179,7 @@ def preprocess_task(  # type: ignore[no-untyped-def]
             snip.attempts, snip.in_flight = attempts, token
         results = preprocess(rt, [Item(sha, content, name)])
         with c.sessions.begin() as s:
-            save_preprocessed(s, wanted.version, results)
+            save_preprocessed(s, wanted.version, results, rt.voice_version)
             _clear_in_flight(s, [sha], token)
         if results[0].error is not None:
             metrics.failed("preprocess", metrics.failure_reason(results[0].error, name))

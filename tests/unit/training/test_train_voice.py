@@ -76,3 +76,16 @@ def test_without_voice_there_is_no_head(tmp_path: Path) -> None:
     result = run(TINY, x, y, g, CLASSES, tmp_path, meta=meta)
     assert "voice" not in json.loads((result.ensemble_dir / "meta.json").read_text())
     assert load_ensemble(result.ensemble_dir, "cpu").voice_head is None
+
+
+def test_a_window_without_voice_features_is_judged_by_the_members(trained: tuple) -> None:
+    result, voice = trained
+    ens = load_ensemble(result.ensemble_dir, "cpu", amp=False)
+    x, _, _, _ = _task()
+    xt = torch.from_numpy(x[:4].astype(np.float32))
+    v = torch.from_numpy(voice[:4].copy())
+    v[1] = float("nan")  # featurised before voice features were on
+    mixed, plain, fused = ens.predict(xt, voice=v), ens.predict(xt), ens.predict(xt, voice=v)
+    torch.testing.assert_close(mixed["proba"][1], plain["proba"][1])
+    assert not torch.allclose(mixed["proba"][0], plain["proba"][0])
+    torch.testing.assert_close(mixed["proba"][0], fused["proba"][0])
