@@ -86,7 +86,7 @@ def distill(
             f"no cached features of front end {mv.frontend_version}: enqueue audio first"
         )
     rt = Runtime(settings)
-    soft = _teacher_probabilities(rt, mv, x)
+    soft = _teacher_probabilities(rt, mv, x, _teacher_voice(engine, rt, mv))
     params = TrainParams(
         members=1, epochs=epochs, arch=arch, seed=seed, val_fraction=val_fraction,
         normalize=mv.params.get("normalize", "none"),
@@ -150,7 +150,42 @@ def _features(engine: Engine, mv: ModelVersion) -> tuple[np.ndarray, np.ndarray,
     return np.concatenate(xs), np.array(labels, dtype=np.int64), groups
 
 
-def _teacher_probabilities(rt: Any, mv: ModelVersion, x: np.ndarray) -> np.ndarray:
+def _teacher_voice(engine: Engine, rt: Any, mv: ModelVersion) -> np.ndarray | None:
+    """The voice features of `_features`' windows (same order) when the teacher has a voice
+    head, so the student learns the fused verdict; NaN rows where a snippet has none."""
+    import numpy as np
+    from sqlalchemy import select
+
+    from scorer.db import queries
+    from scorer.db.engine import make_sessionmaker
+    from scorer.db.models import Feature, Snippet
+    from worker.stages import voice_windows
+
+    ens = rt.ensemble(mv.weights_uri, classes=mv.classes)
+    if ens.voice_head is None:
+        return None
+    parts = []
+    with make_sessionmaker(engine)() as s:
+        shas = list(
+            s.scalars(
+                select(Snippet.sha256)
+                .join(Feature, Feature.sha256 == Snippet.sha256)
+                .where(Feature.frontend_version == mv.frontend_version)
+                .order_by(Snippet.sha256)
+            )
+        )
+        for start in range(0, len(shas), 256):
+            part = shas[start : start + 256]
+            feats = queries.load_features(s, part, mv.frontend_version)
+            parts.append(voice_windows(s, ens, part, feats))
+    return np.concatenate(parts) if parts else None
+
+
+def _teacher_probabilities(
+    rt: Any, mv: ModelVersion, x: np.ndarray, voice: np.ndarray | None = None
+) -> np.ndarray:
+    """The teacher's verdict on every window: its calibrated mean, fused with its voice head
+    where it has one (``voice``, aligned with x)."""
     import numpy as np
     import torch
     from tqdm import tqdm
@@ -160,7 +195,8 @@ def _teacher_probabilities(rt: Any, mv: ModelVersion, x: np.ndarray) -> np.ndarr
     bar = tqdm(total=len(x), desc=f"teacher {mv.name}", unit="window", disable=None)
     for start in range(0, len(x), CHUNK):
         part = torch.from_numpy(x[start : start + CHUNK])
-        out.append(ens.predict_proba(part).cpu().numpy())
+        vb = None if voice is None else torch.from_numpy(voice[start : start + CHUNK])
+        out.append(ens.decision(ens.member_proba(part), vb).cpu().numpy())
         bar.update(len(part))
     bar.close()
     return np.concatenate(out).astype(np.float32)

@@ -132,3 +132,23 @@ def test_training_fitted_a_voice_head_and_scoring_uses_it(env: dict, tmp_path: P
         }
     assert report["accuracy"] == pytest.approx(np.mean([labels[n] == truth[n] for n in truth]))
     assert "members_alone" in report
+
+
+def test_a_student_learns_the_fused_verdict(env: dict) -> None:
+    from scorer.cli.distill import _features, _teacher_probabilities, _teacher_voice
+    from worker.runtime import Runtime
+
+    settings = env["settings"]
+    engine = make_engine(settings)
+    with make_sessionmaker(engine)() as s:
+        model = s.scalars(select(ModelVersion).where(ModelVersion.active)).one()
+        s.expunge(model)
+    rt = Runtime(settings)
+    x, _, _ = _features(engine, model)
+    voice = _teacher_voice(engine, rt, model)
+    assert voice is not None and voice.shape == (len(x), VoiceConfig().dim)
+    assert np.isfinite(voice).all()
+    soft = _teacher_probabilities(rt, model, x, voice)
+    ens = rt.ensemble(model.weights_uri)
+    want = ens.predict(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(voice))["proba"]
+    np.testing.assert_allclose(soft, want.numpy(), atol=1e-5)
