@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import shutil
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -251,3 +252,45 @@ def test_weights_of_other_classes_score_nothing(env: dict) -> None:
     assert (row.status, row.attempts) == (SnippetStatus.preprocessed, 0)
     with make_sessionmaker(engine)() as s:
         assert s.scalar(select(func.count()).select_from(Prediction)) == 0
+
+
+def test_voice_features_through_the_tasks(make_settings: Callable[..., Settings]) -> None:
+    """The Celery path of voice features: the CPU task stores them beside the log-mel, the GPU
+    task scores with the model's voice head (real CREPE and resemblyzer weights)."""
+    import torch
+
+    from pipeline.voice import VoiceConfig
+    from training.ensemble import load_ensemble
+    from training.voice_head import VoiceHead
+
+    settings = _settings(make_settings, voice_features=True)
+    for env in _env(settings):
+        fe = FrontendConfig(separation=False).version
+        version = VoiceConfig().version(fe)
+        folder = settings.resolved_model_dir / "vt"
+        dim = VoiceConfig().dim
+        g = torch.Generator().manual_seed(0)
+        VoiceHead(torch.zeros(dim), torch.ones(dim), torch.randn(4, dim, generator=g),
+                  torch.zeros(4), fusion_weight=0.7).save(folder)  # fmt: skip
+        meta_path = folder / "meta.json"
+        meta = json.loads(meta_path.read_text())
+        meta["voice"] = {"version": version, "fusion_weight": 0.7}
+        meta_path.write_text(json.dumps(meta))
+        data = wav_bytes(7)
+        sha = add(env["engine"], data)
+        env["tasks"].preprocess_task(sha, data, "a.wav")
+        with make_sessionmaker(env["engine"])() as s:
+            mel = queries.load_features(s, [sha], fe)[sha]
+            voice = queries.load_features(s, [sha], version)[sha]
+        assert voice.shape == (1, 1, dim) and np.isfinite(voice).all()
+        tasks = env["tasks"]
+        tasks.handle_infer(tasks.ctx(), [(sha, None, None)])
+        with make_sessionmaker(env["engine"])() as s:
+            stmt = select(Prediction.probabilities).where(Prediction.sha256 == sha)
+            got = s.scalars(stmt).first()
+        ens = load_ensemble(folder, "cpu", amp=False)
+        x = torch.from_numpy(mel.astype(np.float32))
+        fused = ens.predict(x, torch.from_numpy(voice[:, 0].astype(np.float32)))["proba"][0]
+        plain = ens.predict(x)["proba"][0]
+        np.testing.assert_allclose(got, fused.numpy(), atol=2e-5)
+        assert not np.allclose(got, plain.numpy(), atol=1e-3)
