@@ -44,7 +44,7 @@ def features(run: Path, frames: int) -> None:
 
     vocals = np.load(run / f"vocals_T{frames}.npy", mmap_mode="r")
     n = vocals.shape[0]
-    cfg, vcfg = FrontendConfig(spleeter_frames=frames), VoiceConfig()
+    cfg, vcfg = FrontendConfig(spleeter_frames=frames), VoiceConfig(pitch=True)
     mels = np.lib.format.open_memmap(
         run / "mels.npy",
         mode="r+" if (run / "mels.npy").exists() else "w+",
@@ -69,7 +69,7 @@ def features(run: Path, frames: int) -> None:
         t1 = time.process_time()
         xt = torch.from_numpy(x)
         voice[lo : lo + len(x), : vcfg.dim - 256] = voice_features(
-            xt, VoiceConfig(embedding=False)
+            xt, VoiceConfig(pitch=True, embedding=False)
         ).numpy()
         t2 = time.process_time()
         from pipeline.voice import load_voice_encoder, speaker_embedding

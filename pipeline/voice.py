@@ -42,8 +42,12 @@ CENTS_OFFSET = 1997.3794084376191  # cents of bin 0 (about 31.7 Hz)
 
 @dataclass(frozen=True)
 class VoiceConfig:
-    """Every number that changes what a voice feature means; part of the cache key."""
+    """Every number that changes what a voice feature means; part of the cache key.
 
+    The default is the speaker embedding alone: on held-out singers it carried the whole gain,
+    and pitch statistics added nothing to it (docs/RESULTS.md 0f) at 5x its cost."""
+
+    pitch: bool = False  # CREPE pitch statistics + salience profile (9 + profile_bins)
     crepe: str = "tiny"  # "tiny" (2 MB) or "full" (89 MB)
     crepe_hop: int = 640  # 40 ms: 76 frames per 3 s window
     voicing_threshold: float = 0.5  # CREPE periodicity above which a frame is voiced
@@ -54,7 +58,8 @@ class VoiceConfig:
 
     @property
     def dim(self) -> int:
-        return N_PITCH_STATS + self.profile_bins + (EMBEDDING_DIM if self.embedding else 0)
+        pitch = N_PITCH_STATS + self.profile_bins if self.pitch else 0
+        return pitch + (EMBEDDING_DIM if self.embedding else 0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -279,11 +284,15 @@ def speaker_embedding(model: VoiceEncoder, x: torch.Tensor, cfg: VoiceConfig) ->
 
 
 def voice_features(x: torch.Tensor, cfg: VoiceConfig, device: str = "cpu") -> torch.Tensor:
-    """(B, n) 16 kHz mono windows -> (B, cfg.dim) float32: pitch statistics, pitch profile and,
-    when enabled, the speaker embedding. Loads each network once per process."""
+    """(B, n) 16 kHz mono windows -> (B, cfg.dim) float32: pitch statistics and profile, then
+    the speaker embedding, each where enabled. Loads each network once per process."""
+    if cfg.dim == 0:
+        raise ValueError("a VoiceConfig with neither pitch nor embedding computes nothing")
     x = x.to(device=device, dtype=torch.float32)
+    parts = []
     with torch.inference_mode():
-        parts = [pitch_features(load_crepe(cfg.crepe, device), x, cfg)]
+        if cfg.pitch:
+            parts.append(pitch_features(load_crepe(cfg.crepe, device), x, cfg))
         if cfg.embedding:
             parts.append(speaker_embedding(load_voice_encoder(device), x, cfg))
     out = torch.cat(parts, dim=1)

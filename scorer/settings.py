@@ -85,10 +85,10 @@ class Settings(BaseSettings):
         description="Separate vocals with Spleeter first (part of the front-end version).",
     )
     voice_features: bool = Field(
-        default=False,
-        description="Compute voice features (CREPE pitch, resemblyzer speaker embedding) of the "
-        "separated vocals beside the log-mel, and fit a voice head with the members "
-        "(pipeline/voice.py, training/voice_head.py; docs/RESULTS.md).",
+        default=True,
+        description="Compute a speaker embedding (resemblyzer) of the separated vocals beside "
+        "the log-mel, and fit a voice head with the members: +9.7 points on held-out singers "
+        "(docs/RESULTS.md 0f); false = the reference's log-mel alone.",
     )
     spleeter_frames: int = Field(
         default=512,

@@ -21,7 +21,7 @@ from pipeline.voice import (
 )
 from scorer.errors import ScorerError
 
-CFG = VoiceConfig()
+CFG = VoiceConfig(pitch=True)  # both families: the default is the embedding alone
 
 
 def tone(hz: float, seconds: float = 3.0, amp: float = 0.3) -> np.ndarray:
@@ -123,6 +123,15 @@ def test_speaker_embedding_is_unit_norm_and_tells_voices_apart() -> None:
     assert (e >= 0).all()
     cos = e @ e.T
     assert cos[0, 1] > cos[0, 2]
+
+
+def test_the_default_is_the_embedding_alone() -> None:
+    x = torch.from_numpy(tone(200.0))[None]
+    default = voice_features(x, VoiceConfig())
+    both = voice_features(x, CFG)
+    assert default.shape == (1, 256)
+    torch.testing.assert_close(default, both[:, -256:])
+    assert VoiceConfig().version("fe-1") != CFG.version("fe-1") != CFG.version("fe-2")
 
 
 def test_a_missing_wheel_is_a_clear_error() -> None:
