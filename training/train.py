@@ -353,7 +353,11 @@ def _finish(
             yv if n_val else None,
             calibrate(mean, temperature) if n_val else None,
         )
-        voice_info = {"fusion_weight": head.fusion_weight, "l2": head.l2}
+        voice_info = {
+            "fusion_weight": head.fusion_weight,
+            "l2": head.l2,
+            "temperature": head.temperature,
+        }
         if n_val:
             fused = head.fuse(
                 torch.from_numpy(calibrate(mean, temperature)).float(),

@@ -55,3 +55,22 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     xt = torch.from_numpy(x[:5])
     torch.testing.assert_close(back.log_proba(xt), head.log_proba(xt))
     assert VoiceHead.load(tmp_path / "none") is None
+
+
+def test_the_fused_temperature_calibrates_without_changing_decisions() -> None:
+    from training.calibration import expected_calibration_error
+
+    x, y = blobs(400, 0, spread=1.5)
+    xv, yv = blobs(300, 1, spread=1.5)
+    rng = np.random.default_rng(3)
+    # an over-confident ensemble: right 70 % of the time, always 0.97 sure
+    guess = np.where(rng.random(len(yv)) < 0.7, yv, rng.integers(0, 4, len(yv)))
+    ens = np.full((len(yv), 4), 0.01, dtype=np.float32)
+    ens[np.arange(len(yv)), guess] = 0.97
+    head = fit_voice_head(x, y, 4, xv, yv, ens)
+    assert head.temperature != 1.0
+    feats = torch.from_numpy(xv)
+    calibrated = head.fuse(torch.from_numpy(ens), feats).numpy()
+    raw = fuse(torch.from_numpy(ens), head.log_proba(feats), head.fusion_weight).numpy()
+    assert (calibrated.argmax(1) == raw.argmax(1)).all()
+    assert expected_calibration_error(calibrated, yv) < expected_calibration_error(raw, yv)
