@@ -69,7 +69,22 @@ def featurize_all(
     same windows of the same vocals (pipeline/voice.py); None without."""
     if not audios:
         return []
-    mono = vocals_mono(audios, cfg, separator, device)
+    return window_features(
+        vocals_mono(audios, cfg, separator, device), cfg, device, min_tail_s, voice
+    )
+
+
+def window_features(
+    mono: list[np.ndarray],
+    cfg: FrontendConfig,
+    device: str = "cpu",
+    min_tail_s: float = 1.0,
+    voice: VoiceConfig | None = None,
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Mono signals at cfg.sample_rate -> per signal its (W_i, n_frames, n_mels) float16
+    log-mel windows and, with ``voice``, their (W_i, D) float16 voice features (else None)."""
+    if not mono:
+        return []
     min_tail = round(min_tail_s * cfg.sample_rate)
     windows = [split_windows(m, cfg.window_samples, min_tail) for m in mono]
     counts = np.cumsum([w.shape[0] for w in windows])[:-1]
@@ -110,9 +125,4 @@ def mel_windows(
     mono: list[np.ndarray], cfg: FrontendConfig, device: str = "cpu", min_tail_s: float = 1.0
 ) -> list[np.ndarray]:
     """Mono signals at cfg.sample_rate -> one (W_i, n_frames, n_mels) float16 array each."""
-    if not mono:
-        return []
-    min_tail = round(min_tail_s * cfg.sample_rate)
-    windows = [split_windows(m, cfg.window_samples, min_tail) for m in mono]
-    counts = np.cumsum([w.shape[0] for w in windows])[:-1]
-    return np.split(window_mels(np.concatenate(windows, axis=0), cfg, device), counts, axis=0)
+    return [m for m, _ in window_features(mono, cfg, device, min_tail_s)]
