@@ -38,6 +38,7 @@ pytestmark = [pytest.mark.e2e]
 REDIS_DB = 9
 CLASSES = ["none", "male", "female", "multi"]
 N_GOOD = 3
+WAIT_S = 300  # the longest any wait here may take before the test says what it saw
 
 
 def free_port() -> int:
@@ -139,7 +140,7 @@ def test_workers_export_stage_counts_batches_waits_failures_and_queue_depths(
         start_worker("gpu", settings, gpu_port, tmp_path / "gpu.log"),
     ]
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + WAIT_S
         while not (scrape(cpu_port) and scrape(gpu_port)):
             for p in procs:
                 assert p.poll() is None, (tmp_path / "cpu.log").read_text()[-2000:] + (
@@ -167,19 +168,22 @@ def test_workers_export_stage_counts_batches_waits_failures_and_queue_depths(
         for n, d in items:
             tasks.preprocess_task.apply_async((hashlib.sha256(d).hexdigest(), d, n))
 
-        deadline = time.monotonic() + 60
+        # A generous wait, not a timing: a loaded 2-core CI box once needed over 60 s here.
+        deadline = time.monotonic() + WAIT_S
         while True:
             cpu, gpu = scrape(cpu_port), scrape(gpu_port)
             if gpu.get('scorer_items_total{stage="infer"}', 0) >= N_GOOD:
                 break
-            assert time.monotonic() < deadline, (cpu, gpu, (tmp_path / "gpu.log").read_text())
+            logs = [(tmp_path / f"{k}.log").read_text()[-3000:] for k in ("cpu", "gpu")]
+            assert all(p.poll() is None for p in procs), logs
+            assert time.monotonic() < deadline, (cpu, gpu, *logs)
             time.sleep(0.5)
         cpu = scrape(cpu_port)
         assert len(list((tmp_path / "tmp").glob("scorer-metrics-*"))) == 1
         assert cpu['scorer_items_total{stage="preprocess"}'] == N_GOOD
         assert cpu['scorer_failures_total{reason="decode",stage="preprocess"}'] == 1
         assert cpu['scorer_queue_wait_seconds_count{stage="preprocess"}'] == N_GOOD + 1
-        assert 0 <= cpu['scorer_queue_wait_seconds_sum{stage="preprocess"}'] < 60
+        assert 0 <= cpu['scorer_queue_wait_seconds_sum{stage="preprocess"}'] < (N_GOOD + 1) * WAIT_S
         assert gpu['scorer_items_total{stage="infer"}'] == N_GOOD
         assert gpu['scorer_queue_wait_seconds_count{stage="infer"}'] == N_GOOD
         assert gpu["scorer_infer_batch_size_sum"] == N_GOOD
@@ -202,7 +206,7 @@ def test_the_train_worker_exports_its_job_counts(settings: Settings, tmp_path: P
     (tmp_path / "tmp").mkdir()
     proc = start_worker("train", settings, port, tmp_path / "train.log")
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + WAIT_S
         while not (got := scrape(port)):
             assert proc.poll() is None, (tmp_path / "train.log").read_text()[-2000:]
             assert time.monotonic() < deadline, "metrics endpoint did not answer"
