@@ -39,11 +39,13 @@ from pipeline.spleeter import (
     HOP_LENGTH,
     MASK_EPS,
     N_BINS,
+    OFFICIAL_FRAMES,
     SPLEETER_SAMPLE_RATE,
     Separator,
     _frames_spectrum,
     _inverse_frames,
     n_frames,
+    segment_frames,
 )
 from scorer.errors import InputError
 
@@ -130,11 +132,17 @@ class StreamingSeparator:
     overlaps the next chunk's first 3072 samples; those are carried and added to first, as
     `_run` adds them, so the output is the same to the last bit. Everything before the next
     chunk's first frame is final and is returned.
+
+    A separator by need (T = 0) runs 512-frame segments while the input streams (a chunk is
+    taken only once more than 512 frames have come, so the whole input is long and `_run`
+    would choose 512 too) and, at the end, the T that `segment_frames` gives for the total: a
+    short file gets the T it gets on the whole-file path.
     """
 
     def __init__(self, separator: Separator, chunk_segments: int = DEFAULT_CHUNK_SEGMENTS) -> None:
         self.separator = separator
-        self.chunk_frames = chunk_segments * separator.frames
+        self._long_t = separator.frames or OFFICIAL_FRAMES
+        self.chunk_frames = chunk_segments * self._long_t
         self._device = separator.window.device
         self._padded = np.zeros((2, FRAME_LENGTH), dtype=np.float32)  # from frame `_frame` on
         self._frame = 0  # first frame not yet separated
@@ -149,12 +157,13 @@ class StreamingSeparator:
         span = (self.chunk_frames - 1) * HOP_LENGTH + FRAME_LENGTH
         out = []
         while self._padded.shape[1] >= span:
-            out.append(self._chunk(self.chunk_frames))
+            out.append(self._chunk(self.chunk_frames, self._long_t))
         return self._cut(out)
 
     def finish(self) -> np.ndarray:
         """The rest of the vocals, once the whole signal has been fed."""
         total = n_frames(self._length)
+        t = segment_frames(self.separator.frames, total)
         out = []
         while self._frame < total:
             count = min(self.chunk_frames, total - self._frame)
@@ -162,18 +171,19 @@ class StreamingSeparator:
             if self._padded.shape[1] < span:
                 pad = span - self._padded.shape[1]
                 self._padded = np.pad(self._padded, ((0, 0), (0, pad)))
-            out.append(self._chunk(count))
+            out.append(self._chunk(count, t))
         out.append(self._carry)  # the last frames' tail: nothing is added to it any more
         return self._cut(out, final=True)
 
     @torch.inference_mode()
-    def _chunk(self, count: int) -> np.ndarray:
-        """Separate frames [_frame, _frame + count); returns the samples now final."""
+    def _chunk(self, count: int, t: int) -> np.ndarray:
+        """Separate frames [_frame, _frame + count) in segments of `t`; returns the samples now
+        final."""
         span = (count - 1) * HOP_LENGTH + FRAME_LENGTH
         x = torch.from_numpy(np.ascontiguousarray(self._padded[None, :, :span])).to(self._device)
         window = self.separator.window
         spectrum = _frames_spectrum(x, window)[..., :N_BINS]
-        vocals, accompaniment = self.separator._estimates(spectrum.abs())
+        vocals, accompaniment = self.separator._estimates(spectrum.abs(), t)
         v2, a2 = vocals.square(), accompaniment.square()
         mask = (v2 + MASK_EPS / 2) / (v2 + a2 + MASK_EPS)
         chunk = torch.zeros(2, span, dtype=torch.float32, device=self._device)

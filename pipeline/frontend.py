@@ -26,7 +26,9 @@ class FrontendConfig:
     preemphasis: float = 0.97
     n_frames: int = 299
     separation: bool = True  # Spleeter 2-stem vocals first
-    spleeter_frames: int = 512  # Spleeter segment length T (512 = the official output)
+    # Spleeter segment length T (512 = the official output); 0 = by need, per input
+    # (pipeline.spleeter.segment_frames: 192 for a 3 s clip), its own version like any T.
+    spleeter_frames: int = 512
     layout: str = "frames_mels"  # features are (n_frames, n_mels) = (299, 40)
 
     @property

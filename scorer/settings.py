@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _TRISTATE: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "reference": {},
+    "fast": {"spleeter_frames": 0, "infer_bf16": "auto", "prefer_student": True},
+}
+"""What each `SCORER_PROFILE` sets; a setting given explicitly (environment or keyword) wins.
+`reference` is the exact reference path (the field defaults); `fast` trades a little accuracy
+for speed: Spleeter's segment by need, bf16 where native, the active model's newest student
+(docs/BENCHMARKS.md, fast profile)."""
 
 
 def _default_data_dir() -> Path:
@@ -90,9 +99,24 @@ class Settings(BaseSettings):
         "the log-mel, and fit a voice head with the members: +9.7 points on held-out singers "
         "(docs/RESULTS.md 0f); false = the reference's log-mel alone.",
     )
+    profile: Literal["reference", "fast"] = Field(
+        default="reference",
+        description="reference = the exact reference path; fast = Spleeter's segment by need, "
+        "bf16 where native and the active model's newest distilled student, also for models "
+        "trained at T = 512 (a little accuracy for speed: docs/BENCHMARKS.md). Settings given "
+        "explicitly override the profile's.",
+    )
     spleeter_frames: int = Field(
         default=512,
-        description="Spleeter segment length T in STFT frames (multiple of 64; 512 = official).",
+        ge=0,
+        description="Spleeter segment length T in STFT frames (multiple of 64; 512 = official); "
+        "0 or auto = by need: the smallest multiple of 64 covering the input, at most 512 "
+        "(192 for a 3 s clip). Part of the front-end version.",
+    )
+    prefer_student: bool = Field(
+        default=False,
+        description="Score with the newest distilled student (scorer distill) of the active "
+        "model when it has one; the active model otherwise.",
     )
     max_duration_s: float = Field(
         default=14_400.0,
@@ -179,6 +203,33 @@ class Settings(BaseSettings):
         default="127.0.0.1",
         description="Address the metrics port binds to (0.0.0.0 for a scraper on another host).",
     )
+
+    @field_validator("spleeter_frames", mode="before")
+    @classmethod
+    def _frames_auto(cls, value: Any) -> Any:
+        """`auto` is the by-need segment's name; it is stored as 0."""
+        return 0 if isinstance(value, str) and value.strip().lower() == "auto" else value
+
+    @field_validator("spleeter_frames")
+    @classmethod
+    def _frames_multiple(cls, value: int) -> int:
+        if value % 64:
+            raise ValueError(f"must be a multiple of 64 or 0 (auto), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _apply_profile(self) -> Settings:
+        """The profile's values for every field not given explicitly."""
+        for name, value in PROFILES[self.profile].items():
+            if name not in self.model_fields_set:
+                object.__setattr__(self, name, value)
+        return self
+
+    @property
+    def segment_override(self) -> int | None:
+        """The Spleeter segment that replaces a model's own when scoring with it (the fast
+        profile), or None: the model's front end as it was trained (the reference)."""
+        return self.spleeter_frames if self.profile == "fast" else None
 
     @property
     def infer_amp(self) -> bool | None:

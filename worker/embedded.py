@@ -27,6 +27,7 @@ from scorer.db.models import (
     SnippetStatus,
     utcnow,
 )
+from scorer.db.students import scoring_model
 from scorer.manifest import Labelled
 from scorer.settings import Settings
 from worker.inputs import (
@@ -39,7 +40,7 @@ from worker.inputs import (
     size_of,
     unreadable_sha,
 )
-from worker.runtime import Runtime, frontend_from_settings
+from worker.runtime import Runtime, frontend_from_settings, scoring_frontend
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +137,20 @@ def ingest(
 def model_and_frontend(
     settings: Settings, sessions: sessionmaker[Session], score_with_model: bool
 ) -> tuple[ModelVersion | None, FrontendConfig]:
-    """The active model (when scoring) and the front end its features need: the model's own,
-    else the settings'."""
+    """The model that scores (when scoring) and the front end its features need: the model's own,
+    else the settings'. Embedded, the fast profile's choices apply (scorer.db.students, its
+    newest student; runtime.scoring_frontend, its segment); the Celery workers score with the
+    active model's own front end, so a distributed enqueue keeps to that."""
+    if settings.profile != "reference" and not settings.embedded:
+        log.warning(
+            "SCORER_PROFILE=%s applies to embedded runs; the workers score with the active "
+            "model and its own front end", settings.profile,
+        )  # fmt: skip
+        settings = settings.model_copy(update={"prefer_student": False, "profile": "reference"})
     with sessions() as s:
-        model = queries.active_model(s) if score_with_model else None
+        model = scoring_model(s, settings) if score_with_model else None
     if model is not None:
-        return model, FrontendConfig.from_dict(model.frontend)
+        return model, scoring_frontend(FrontendConfig.from_dict(model.frontend), settings)
     return None, frontend_from_settings(settings)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,6 +57,17 @@ def frontend_from_settings(settings: Settings) -> FrontendConfig:
     return FrontendConfig(separation=settings.separation, spleeter_frames=settings.spleeter_frames)
 
 
+def scoring_frontend(model_frontend: FrontendConfig, settings: Settings) -> FrontendConfig:
+    """The front end a model's features are made with here: its own, except that the fast
+    profile runs Spleeter with its own segment (`Settings.segment_override`). Another T is
+    another front-end version, so those features are stored and looked up apart, never mixed
+    with the model's own."""
+    t = settings.segment_override
+    if t is None or not model_frontend.separation or model_frontend.spleeter_frames == t:
+        return model_frontend
+    return replace(model_frontend, spleeter_frames=t)
+
+
 @dataclass
 class Runtime:
     """Per-process state shared by every stage run in this process."""
@@ -71,7 +82,8 @@ class Runtime:
 
     @cached_property
     def frontend(self) -> FrontendConfig:
-        """The model's front end when one is given (features must match what it was trained on)."""
+        """The model's front end when one is given (features must match what it was trained on,
+        or be `scoring_frontend`'s variant of it), else the settings'."""
         return self.frontend_override or frontend_from_settings(self.settings)
 
     @cached_property
@@ -91,9 +103,10 @@ class Runtime:
     def separator(self) -> Separator | None:
         if not self.frontend.separation:
             return None
-        from pipeline.spleeter import load_separator
+        from pipeline.spleeter import describe_frames, load_separator
 
-        log.info("loading Spleeter 2-stem (T=%d) on %s", self.frontend.spleeter_frames, self.device)
+        t = describe_frames(self.frontend.spleeter_frames)
+        log.info("loading Spleeter 2-stem (T=%s) on %s", t, self.device)
         return load_separator(self.device, self.frontend.spleeter_frames)
 
     def ensemble(self, weights_uri: str, classes: Sequence[str] | None = None) -> Ensemble:

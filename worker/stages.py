@@ -185,14 +185,24 @@ def predict_windows(
 
 
 def voice_windows(
-    session: Session, ensemble: Ensemble, order: list[str], feats: dict[str, np.ndarray]
+    session: Session,
+    ensemble: Ensemble,
+    order: list[str],
+    feats: dict[str, np.ndarray],
+    frontend_version: str | None = None,
 ) -> np.ndarray | None:
     """The voice features of `order`'s windows, stacked like their log-mel, for a model with a
     voice head; NaN rows for snippets featurised without them (those are judged by the members
-    alone, and the log says how many). None for a model without a head."""
+    alone, and the log says how many). None for a model without a head. `frontend_version`:
+    the log-mel's, when not the model's own (the fast profile's segment): the head's voice
+    config on those vocals."""
     version = ensemble.voice_version
     if version is None or ensemble.voice_head is None:
         return None
+    if frontend_version is not None:
+        from pipeline.voice import VoiceConfig
+
+        version = VoiceConfig(**ensemble.meta["voice"]["config"]).version(frontend_version)
     found = queries.load_features(session, order, version)
     dim = ensemble.voice_head.mean.shape[0]
     rows, missing = [], 0
@@ -216,15 +226,18 @@ def voice_windows(
 def score(session: Session, rt: Runtime, model: ModelVersion, shas: list[str]) -> dict[str, str]:
     """Run the ensemble over the windows of `shas`, upsert predictions, mark them scored.
 
-    Returns {sha: file label}. Shas without features of the model's front end are left alone.
+    Returns {sha: file label}. Shas without features of the runtime's front end (the model's,
+    or its variant under the fast profile: runtime.scoring_frontend) are left alone.
     """
-    feats = queries.load_features(session, shas, model.frontend_version)
+    version = rt.frontend.version
+    feats = queries.load_features(session, shas, version)
     if not feats:
         return {}
     order = [s for s in shas if s in feats]
     stacked = np.concatenate([feats[s] for s in order], axis=0)
     ensemble = rt.ensemble(model.weights_uri)
-    voice = voice_windows(session, ensemble, order, feats)
+    other = None if version == model.frontend_version else version
+    voice = voice_windows(session, ensemble, order, feats, other)
     summary = predict_windows(ensemble, stacked, batch_size=rt.settings.infer_batch, voice=voice)
     classes = list(model.classes)
     hop_s = rt.frontend.window_samples / rt.frontend.sample_rate

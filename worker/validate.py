@@ -39,7 +39,7 @@ FRONTEND_LIMITS: dict[str, tuple[type, float, float]] = {
     "preemphasis": (float, 0.0, 1.0),
     "n_frames": (int, 1, 20_000),
     "separation": (bool, 0, 1),
-    "spleeter_frames": (int, 64, 4_096),
+    "spleeter_frames": (int, 0, 4_096),  # 0 = by need (at most 512 per segment)
     "layout": (str, 0, 0),
 }
 LAYOUTS = ("frames_mels",)
@@ -84,6 +84,8 @@ def check_frontend(frontend: Any) -> dict[str, Any] | None:
         raise InvalidMessage("invalid front end: needs hop_length <= frame_length <= n_fft")
     if not f["f_min"] < f["f_max"] <= f["sample_rate"] / 2:
         raise InvalidMessage("invalid front end: needs f_min < f_max <= sample_rate / 2")
+    if f["spleeter_frames"] % 64:
+        raise InvalidMessage("invalid front end: spleeter_frames must be a multiple of 64 or 0")
     if f["n_frames"] * f["n_mels"] > MAX_FEATURE_VALUES:
         raise InvalidMessage(f"invalid front end: n_frames x n_mels > {MAX_FEATURE_VALUES}")
     FrontendConfig.from_dict(f)  # every key is a field: cannot fail after the checks above

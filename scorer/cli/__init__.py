@@ -14,7 +14,7 @@ import logging
 import click
 
 from scorer.errors import ScorerError
-from scorer.settings import Settings
+from scorer.settings import PROFILES, Settings
 
 EXIT_ITEMS_FAILED = 3
 
@@ -91,9 +91,17 @@ class ScorerGroup(click.Group):
     epilog="\b\nSettings (environment variables):\n" + SETTINGS_HELP,
 )
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option(
+    "--profile",
+    type=click.Choice(list(PROFILES)),
+    default=None,
+    help="reference: the exact reference path (the default); fast: Spleeter's segment by need, "
+    "bf16 where native, the active model's newest student. Overrides SCORER_PROFILE; settings "
+    "given explicitly override the profile's.",
+)
 @click.version_option(package_name="scorer")
 @click.pass_context
-def main(ctx: click.Context, verbose: int) -> None:
+def main(ctx: click.Context, verbose: int, profile: str | None) -> None:
     """Label song snippets by the gender of their singers (none, male, female, multi).
 
     \b
@@ -108,4 +116,7 @@ def main(ctx: click.Context, verbose: int) -> None:
         level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
     )
     if ctx.obj is None:
-        ctx.obj = Settings()
+        ctx.obj = Settings() if profile is None else Settings(profile=profile)
+    elif profile is not None:  # settings passed in (tests): the same explicit ones, this profile
+        given = ctx.obj.model_dump(include=ctx.obj.model_fields_set - {"profile"})
+        ctx.obj = type(ctx.obj)(**given, profile=profile)

@@ -117,8 +117,8 @@ def enqueue(
         from scorer.db import queries
         from scorer.db.engine import make_sessionmaker
 
-        with make_sessionmaker(engine)() as s:
-            model = queries.active_model(s)
+        with make_sessionmaker(engine)() as s:  # the model that scored (a student: fast profile)
+            model = queries.model_by_name_or_id(s, summary.model_name)
         assert model is not None
         with engine.connect() as conn, queries.sha_table(conn, summary.shas) as run_shas:
             correct, total = queries.label_accuracy(conn, run_shas, model.id)

@@ -140,8 +140,8 @@ def test_random_unet_runs_on_any_length(length: int) -> None:
         assert snr_db(band_limited(x), vocals + accompaniment) > 120
 
 
-@pytest.mark.parametrize("frames", [0, 100, -64])
-def test_segment_length_must_be_multiple_of_64(frames: int) -> None:
+@pytest.mark.parametrize("frames", [100, -64, 32])
+def test_segment_length_must_be_multiple_of_64(frames: int) -> None:  # or 0: by need
     with pytest.raises(ValueError, match="multiple of 64"):
         spleeter.Separator(frames)
 

@@ -21,6 +21,7 @@ def test_the_reference_and_other_real_front_ends_pass() -> None:
     assert check_frontend(fe()) == FrontendConfig().to_dict()
     assert check_frontend(fe(separation=False, n_mels=128, f_min=50)) is not None
     assert check_frontend(None) is None
+    assert check_frontend(fe(spleeter_frames=0)) is not None  # Spleeter's segment by need
     check_preprocess(SHA, b"RIFF", "a.wav", fe())
     assert check_infer((SHA,), {"after": "task:0"}) == SHA
     assert check_infer([SHA], None) == SHA
@@ -33,6 +34,7 @@ def test_the_reference_and_other_real_front_ends_pass() -> None:
         (fe(n_fft=2**40), "n_fft=1099511627776 outside"),
         (fe(n_mels=100_000), "n_mels=100000 outside"),
         (fe(spleeter_frames=10**9), "spleeter_frames"),
+        (fe(spleeter_frames=100), "spleeter_frames must be a multiple of 64 or 0"),
         (fe(n_frames=20_000, n_mels=512), "n_frames x n_mels"),
         (fe(hop_length=900), "hop_length <= frame_length <= n_fft"),
         (fe(f_max=9000.0), "f_min < f_max <= sample_rate / 2"),
