@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -162,6 +166,83 @@ def truncate_all(engine: Engine) -> None:
     tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+
+
+class PrivatePgServer(PgServer):
+    """A PostgreSQL server of the test's own (initdb in a temporary folder, trust auth, a free
+    port on 127.0.0.1), so a test can crash it (`pg_ctl stop -m immediate`) and start it again
+    on the same port and data without touching the shared server. Run as `postgres` when the
+    tests run as root (initdb refuses root)."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="scorer-pg-"))
+        self.data = self.root / "data"
+        self.port = _free_port()
+        self.user = "postgres" if os.geteuid() == 0 else None
+        super().__init__(make_url(f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"))
+
+    def _tool(self, name: str) -> str:
+        path = shutil.which(name) or shutil.which(name, path="/usr/local/bin")
+        if path is None:
+            pytest.fail(f"{name} is not installed (PostgreSQL's server binaries)", pytrace=False)
+        return path
+
+    def _run(self, *args: str, check: bool = True) -> None:
+        done = subprocess.run(
+            args, user=self.user, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, timeout=120, check=False,
+        )  # fmt: skip
+        if check and done.returncode != 0:
+            log = self.root / "server.log"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            pytest.fail(f"{' '.join(args)}: {done.stderr.decode(errors='replace')}\n{tail}")
+
+    def init(self) -> None:
+        if self.user is not None:
+            shutil.chown(self.root, self.user)
+        self._run(
+            self._tool("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
+            "-E", "UTF8", "--locale=C", "--no-sync",
+        )  # fmt: skip
+
+    def start(self) -> None:
+        # fsync off: a crash of the server (not of the host) loses no committed transaction,
+        # since the WAL is in the kernel's cache; synchronous_commit stays on.
+        options = (
+            f"-c port={self.port} -c listen_addresses=127.0.0.1 -c fsync=off "
+            f"-c full_page_writes=off -c unix_socket_directories={self.root}"
+        )
+        self._run(
+            self._tool("pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data),
+            "-l", str(self.root / "server.log"), "-o", options,
+        )  # fmt: skip
+
+    def crash(self) -> None:
+        """Stop at once, as a crash would: no checkpoint, every connection cut; the next start
+        runs crash recovery."""
+        self._run(self._tool("pg_ctl"), "stop", "-m", "immediate", "-w", "-D", str(self.data))
+
+    def destroy(self) -> None:
+        pg_ctl = self._tool("pg_ctl")
+        self._run(pg_ctl, "stop", "-m", "immediate", "-w", "-D", str(self.data), check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def private_pg_server() -> Iterator[PrivatePgServer]:
+    """A private PostgreSQL server for this module's tests, which they may crash and restart."""
+    server = PrivatePgServer()
+    server.init()
+    server.start()
+    server.check()
+    yield server
+    server.destroy()
 
 
 # --- SQLite -------------------------------------------------------------------------------------

@@ -193,6 +193,8 @@ def run(
         if model is None or not pending:
             return
         with sessions.begin() as s:
+            queries.count_runs(s, pending, "score")
+        with sessions.begin() as s:
             summary.scored += len(score(s, rt, model, pending))
         pending, pending_windows = [], 0
 
@@ -211,6 +213,9 @@ def run(
             elif not has_features and sha not in todo:
                 todo[sha] = Item(sha, data or b"", path.name)
         items = list(todo.values())
+        if items:
+            with sessions.begin() as s:
+                queries.count_runs(s, todo, "preprocess")
         results = pool.map(items) if pool is not None else preprocess(rt, items)
         with sessions.begin() as s:
             save_preprocessed(s, rt.frontend.version, results, rt.voice_version)

@@ -177,6 +177,7 @@ def preprocess_task(  # type: ignore[no-untyped-def]
                 return
             # Committed before the work: a delivery that dies mid-work leaves its token behind.
             snip.attempts, snip.in_flight = attempts, token
+            snip.preprocess_runs = Snippet.preprocess_runs + 1  # work done, counted in SQL
         results = preprocess(rt, [Item(sha, content, name)])
         with c.sessions.begin() as s:
             save_preprocessed(s, wanted.version, results, rt.voice_version)
@@ -275,7 +276,7 @@ def infer_shas(
             s.execute(
                 update(Snippet)
                 .where(Snippet.sha256 == sha)
-                .values(attempts=attempts, in_flight=token)
+                .values(attempts=attempts, in_flight=token, score_runs=Snippet.score_runs + 1)
             )
     if not todo:
         return

@@ -95,6 +95,12 @@ class Snippet(Base):
     # and cleared after it: found set by another delivery, the one that set it died mid-work, and
     # only that counts in `attempts` (a retry after a transient error does not; worker/tasks.py).
     in_flight: Mapped[str | None] = mapped_column(String(255))
+    # Work done on it: how many times a stage's work began (counted with `in_flight`, before the
+    # work, so a delivery that died mid-work counts too; embedded runs count alike). 1 when
+    # nothing went wrong; a message for work already done (a redelivery, a re-publish by
+    # reconcile) adds nothing. Scoring with another model version adds to `score_runs`.
+    preprocess_runs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    score_runs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     label: Mapped[str | None] = mapped_column(String(64), index=True)
     # Where `label` came from: null = with the data (a labels CSV or a folder per class),
     # "review" = a person listening on `scorer review`; and when it was set by a labelling

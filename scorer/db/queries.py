@@ -135,6 +135,16 @@ def set_status(
         session.execute(stmt.values(status=status, error=error, updated_at=now, **values))
 
 
+def count_runs(session: Session, shas: Iterable[str], stage: str) -> None:
+    """Add one to `<stage>_runs` ("preprocess" or "score") of `shas`: their work begins now.
+    Committed before the work, so work that dies counts too (docs/DATABASE.md)."""
+    column = {"preprocess": Snippet.preprocess_runs, "score": Snippet.score_runs}[stage]
+    shas = list(shas)
+    for start in range(0, len(shas), 500):
+        stmt = update(Snippet).where(Snippet.sha256.in_(shas[start : start + 500]))
+        session.execute(stmt.values({column: column + 1}))
+
+
 def mark_failed(session: Session, sha: str, reason: str) -> None:
     """A final per-item failure: one line of reason on its row."""
     set_status(session, [sha], SnippetStatus.failed, error=reason.splitlines()[0][:1000])

@@ -49,7 +49,7 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 
 def test_head_is_a_single_known_revision() -> None:
-    assert head_revision() == "0003"
+    assert head_revision() == "0004"
 
 
 def test_0002_records_where_known_snippets_were_seen(empty_engine: Engine) -> None:
