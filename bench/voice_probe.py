@@ -4,6 +4,9 @@
     python -m bench.voice_probe features --run RUN             # log-mel + voice features
     python -m bench.voice_probe ensemble --run RUN [--arch resnet10 --members 5 --epochs 6]
     python -m bench.voice_probe fuse --run RUN                 # the table (RUN/voice_probe.json)
+    python -m bench.voice_probe mix --run RUN --mix-n 600      # two-voice examples (issue 11.3)
+    python -m bench.voice_probe ensemble --run RUN --mix audio|approx [--mix-n 600]
+    python -m bench.voice_probe fuse --run RUN --mix audio|approx [--mix-n 600]
 
 Every step resumes or is cheap to redo. The split is bench/mir1k4_split.py's (singers never
 heard in training are the test); the ensemble is trained by the project's own training code
@@ -36,8 +39,9 @@ def _rows(data: Path, run: Path) -> list[dict[str, str]]:
     return [by_file[f] for f in files]
 
 
-def features(run: Path, frames: int) -> None:
-    """RUN/mels.npy (N, 299, 40) float16 and RUN/voice.npy (N, D) float32, resumable."""
+def features(run: Path, frames: int, pitch: bool = True) -> None:
+    """RUN/mels.npy (N, 299, 40) float16 and RUN/voice.npy (N, D) float32, resumable; without
+    ``pitch`` its 45 columns stay NaN (the default front end computes the embedding alone)."""
     from pipeline.frontend import FrontendConfig
     from pipeline.preprocess import mel_windows
     from pipeline.voice import VoiceConfig, voice_features
@@ -68,9 +72,11 @@ def features(run: Path, frames: int) -> None:
         mels[lo : lo + len(x)] = np.stack(mel_windows(list(x), cfg))[:, 0]
         t1 = time.process_time()
         xt = torch.from_numpy(x)
-        voice[lo : lo + len(x), : vcfg.dim - 256] = voice_features(
-            xt, VoiceConfig(pitch=True, embedding=False)
-        ).numpy()
+        voice[lo : lo + len(x), : vcfg.dim - 256] = (
+            voice_features(xt, VoiceConfig(pitch=True, embedding=False)).numpy()
+            if pitch
+            else np.nan
+        )
         t2 = time.process_time()
         from pipeline.voice import load_voice_encoder, speaker_embedding
 
@@ -93,6 +99,92 @@ def features(run: Path, frames: int) -> None:
         )
 
 
+def _fit_val(rows: list[dict[str, str]], tr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The fitting and validation rows of the training singers, as the training code splits."""
+    from training.data import group_split
+    from training.params import TrainParams
+
+    p = TrainParams()
+    y = np.array([CLASSES.index(r["label"]) for r in rows])
+    fit_idx, val_idx = group_split(
+        [rows[i]["split_group"] for i in tr], y[tr], p.val_fraction, p.seed
+    )
+    return tr[fit_idx], tr[val_idx]
+
+
+def mix(run: Path, data: Path, n: int, seed: int = 0) -> None:
+    """RUN/mix<n>_*: n two-voice `multi` examples made from the fitting singers' solo vocals.
+
+    A mixture adds the separated vocals of two solo snippets (male or female) of two different
+    fitting singers, the second 0-6 dB quieter: label-preserving (two voices are `multi`) and
+    built only from singers the model trains on, so the validation and test singers stay
+    unheard. ``mels`` is the log-mel of the summed audio; ``mels_approx`` sums the two cached
+    log-mels' powers (what training could do from the feature cache alone, without audio);
+    ``voice`` is the speaker embedding of the summed audio (pitch columns NaN)."""
+    from pipeline.frontend import FrontendConfig
+    from pipeline.preprocess import mel_windows
+    from pipeline.voice import VoiceConfig, load_voice_encoder, speaker_embedding
+
+    rows = _rows(data, run)
+    tr, _ = _split(rows)
+    fit, _ = _fit_val(rows, tr)
+    solo = np.array([i for i in fit if rows[i]["label"] in ("male", "female")])
+    rng = np.random.default_rng(seed)
+    pairs: list[tuple[int, int]] = []
+    while len(pairs) < n:
+        a, b = rng.choice(solo, 2, replace=False)
+        if rows[a]["split_group"] != rows[b]["split_group"]:
+            pairs.append((int(a), int(b)))
+    gain_db = -rng.uniform(0.0, 6.0, n)
+    vocals = np.load(run / "vocals_T512.npy", mmap_mode="r")
+    cached = np.load(run / "mels.npy", mmap_mode="r")
+    cfg, vcfg = FrontendConfig(), VoiceConfig(pitch=True)
+    encoder = load_voice_encoder()
+    mels = np.zeros((n, cfg.n_frames, cfg.n_mels), np.float16)
+    approx = np.zeros_like(mels)
+    voice = np.full((n, vcfg.dim), np.nan, np.float32)
+    for lo in range(0, n, CHUNK):
+        idx = range(lo, min(n, lo + CHUNK))
+        g = np.array([10 ** (gain_db[k] / 20) for k in idx], np.float32)
+        a = np.asarray(vocals[[pairs[k][0] for k in idx]], np.float32)
+        b = np.asarray(vocals[[pairs[k][1] for k in idx]], np.float32)
+        x = a + g[:, None] * b
+        mels[lo : lo + len(x)] = np.stack(mel_windows(list(x), cfg))[:, 0]
+        # log-mel is 20*log10(power): powers add for independent voices
+        ma = np.asarray(cached[[pairs[k][0] for k in idx]], np.float32)
+        mb = (
+            np.asarray(cached[[pairs[k][1] for k in idx]], np.float32)
+            + 2 * gain_db[list(idx)][:, None, None]
+        )
+        approx[lo : lo + len(x)] = (
+            20 * np.logaddexp(ma / 20 * np.log(10), mb / 20 * np.log(10)) / np.log(10)
+        )
+        with torch.inference_mode():
+            voice[lo : lo + len(x), vcfg.dim - 256 :] = speaker_embedding(
+                encoder, torch.from_numpy(x), vcfg
+            ).numpy()
+        print(f"mix {lo + len(x)}/{n}", flush=True)
+    np.save(run / f"mix{n}_mels.npy", mels)
+    np.save(run / f"mix{n}_mels_approx.npy", approx)
+    np.save(run / f"mix{n}_voice.npy", voice)
+    groups = [f"{rows[a]['split_group']}+{rows[b]['split_group']}" for a, b in pairs]
+    (run / f"mix{n}_groups.txt").write_text("\n".join(groups) + "\n", encoding="utf-8")
+
+
+def _mixed(run: Path, kind: str | None, n: int) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """(mels, voice, groups) of the mixtures of ``kind`` ("audio" or "approx"), or None."""
+    if not kind:
+        return None
+    mels = np.load(run / (f"mix{n}_mels.npy" if kind == "audio" else f"mix{n}_mels_approx.npy"))
+    voice = np.load(run / f"mix{n}_voice.npy")
+    groups = (run / f"mix{n}_groups.txt").read_text(encoding="utf-8").split()
+    return mels, voice, groups
+
+
+def _name(arch: str, members: int, epochs: int, kind: str | None, n: int) -> str:
+    return f"{arch}x{members}x{epochs}" + (f"_mix{kind}{n}" if kind else "")
+
+
 def _split(rows: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]:
     sides = [side(r["split_group"]) for r in rows]
     train = np.array([i for i, s in enumerate(sides) if s == "train"])
@@ -100,8 +192,18 @@ def _split(rows: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]:
     return train, test
 
 
-def ensemble(run: Path, data: Path, arch: str, members: int, epochs: int) -> None:
-    """Train the log-mel ensemble on the training singers; RUN/probs_<name>.npz."""
+def ensemble(
+    run: Path,
+    data: Path,
+    arch: str,
+    members: int,
+    epochs: int,
+    kind: str | None = None,
+    n: int = 0,
+    mix_multi: int = 0,
+) -> None:
+    """Train the log-mel ensemble on the training singers (plus the mixtures of ``kind``, as
+    `multi`); RUN/probs_<name>.npz."""
     from bench.gpu_suite import Split, train_and_evaluate
     from training.params import TrainParams
 
@@ -112,9 +214,16 @@ def ensemble(run: Path, data: Path, arch: str, members: int, epochs: int) -> Non
     g = np.array([r["split_group"] for r in rows])
     shas = np.array([r["file"] for r in rows])
     train = Split(np.asarray(mels[tr]), y[tr], list(g[tr]), list(shas[tr]))
+    if (extra := _mixed(run, kind, n)) is not None:
+        train = Split(
+            np.concatenate([train.x, extra[0]]),
+            np.concatenate([train.y, np.full(len(extra[0]), CLASSES.index("multi"))]),
+            train.groups + extra[2],
+            train.shas + [f"mix:{k}" for k in range(len(extra[0]))],
+        )
     test = Split(np.asarray(mels[te]), y[te], list(g[te]), list(shas[te]))
-    params = TrainParams(arch=arch, members=members, epochs=epochs)
-    name = f"{arch}x{members}x{epochs}"
+    params = TrainParams(arch=arch, members=members, epochs=epochs, mix_multi=mix_multi)
+    name = _name(arch, members, epochs, kind, n) + (f"_mixmulti{mix_multi}" if mix_multi else "")
     result = train_and_evaluate(
         name, train, test, params, "cpu", run, deadline=time.monotonic() + 10 * 3600
     )
@@ -142,10 +251,10 @@ FAMILIES = {
 }
 
 
-def fuse(run: Path, data: Path, name: str) -> None:
-    """Each family alone and fused with the ensemble; RUN/voice_probe.json."""
-    from training.data import group_split
-    from training.params import TrainParams
+def fuse(run: Path, data: Path, name: str, kind: str | None = None, n: int = 0) -> None:
+    """Each family alone and fused with the ensemble; RUN/voice_probe.json. With mixtures of
+    ``kind`` "audio", the voice head also fits on the mixtures (their embedding is of the mixed
+    audio); with "approx" only the members saw mixtures."""
     from training.voice_head import fit_linear, fit_voice_head
     from training.voice_head import fuse as fuse_probs
 
@@ -153,17 +262,28 @@ def fuse(run: Path, data: Path, name: str) -> None:
     voice = np.load(run / "voice.npy")
     tr, te = _split(rows)
     y = np.array([CLASSES.index(r["label"]) for r in rows])
-    g = [r["split_group"] for r in rows]
     probs = np.load(run / f"probs_{name}.npz")
-    params = TrainParams(**json.loads((run / f"ensemble_{name}.json").read_text())["params"])
-    fit_idx, val_idx = group_split([g[i] for i in tr], y[tr], params.val_fraction, params.seed)
-    fit, val = tr[fit_idx], tr[val_idx]
+    fit, val = _fit_val(rows, tr)
     ens_test = probs["test"].astype(np.float32).mean(0)
     ens_val = probs["val"].astype(np.float32).mean(0)
+    files = [r["file"] for r in rows]
+    # the same validation singers with or without mixtures (these are never mixed)
+    assert list(probs["val_shas"]) == [files[i] for i in val], "validation singers differ"
     assert (probs["test_y"] == y[te]).all() and (probs["val_y"] == y[val]).all()
+    fit_x, fit_y = voice[fit], y[fit]
+    extra = _mixed(run, kind, n)
+    if extra is not None and kind == "audio":  # "approx" is what the feature cache allows:
+        # mixtures' log-mels for the members, but no embedding of audio that was never mixed
+        fit_x = np.concatenate([fit_x, extra[1]])
+        fit_y = np.concatenate([fit_y, np.full(len(extra[1]), CLASSES.index("multi"))])
     table: dict[str, dict] = {"ensemble alone": _metrics(ens_test, y[te])}
-    for fam, cols in FAMILIES.items():
-        head = fit_voice_head(voice[fit][:, cols], y[fit], 4, voice[val][:, cols], y[val], ens_val)
+    fams = {  # the families computed (pitch is NaN where `features --no-pitch` ran)
+        k: c
+        for k, c in FAMILIES.items()
+        if not np.isnan(voice[fit][:, c]).any() and (extra is None or c.start == 45)
+    }
+    for fam, cols in fams.items():
+        head = fit_voice_head(fit_x[:, cols], fit_y, 4, voice[val][:, cols], y[val], ens_val)
         alone = head.log_proba(torch.from_numpy(voice[te][:, cols])).exp().numpy()
         fused = head.fuse(torch.from_numpy(ens_test), torch.from_numpy(voice[te][:, cols]))
         half = fuse_probs(
@@ -179,16 +299,18 @@ def fuse(run: Path, data: Path, name: str) -> None:
         table[f"ensemble + {fam}, w=0.5"] = _metrics(half.numpy(), y[te])
     # A stacked head on [log ensemble probs, voice] fitted on the validation singers, where the
     # ensemble's probabilities are out of sample (the training singers' are not).
-    stack_x = np.concatenate([np.log(np.clip(ens_val, 1e-6, 1)), voice[val]], 1)
-    stack_t = np.concatenate([np.log(np.clip(ens_test, 1e-6, 1)), voice[te]], 1)
-    for l2 in (1e-2, 1e-1):
+    cols = slice(0, 301) if "pitch + embedding (301)" in fams else slice(45, 301)
+    stack_x = np.concatenate([np.log(np.clip(ens_val, 1e-6, 1)), voice[val][:, cols]], 1)
+    stack_t = np.concatenate([np.log(np.clip(ens_test, 1e-6, 1)), voice[te][:, cols]], 1)
+    for l2 in (1e-2, 1e-1) if extra is None else ():
         h = fit_linear(stack_x, y[val], 4, l2)
         p = h.log_proba(torch.from_numpy(stack_t.astype(np.float32))).exp().numpy()
         table[f"stacked head on validation singers (l2={l2})"] = _metrics(p, y[te])
     cost = json.loads((run / "cost.json").read_text())
     out = {
         "ensemble": name,
-        "n_fit": len(fit),
+        "mixtures": {"kind": kind, "n": n} if kind else None,
+        "n_fit": len(fit_y),
         "n_val": len(val),
         "n_test": len(te),
         "cpu_s_per_snippet": {k: round(v / cost["n"], 4) for k, v in cost.items() if k != "n"},
@@ -205,21 +327,31 @@ def fuse(run: Path, data: Path, name: str) -> None:
 def main() -> None:
     here = Path(__file__).resolve().parents[1]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("step", choices=["features", "ensemble", "fuse"])
+    p.add_argument("step", choices=["features", "mix", "ensemble", "fuse"])
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--data", type=Path, default=here.parent / "shared/data/mir1k4")
     p.add_argument("--frames", type=int, default=512)
     p.add_argument("--arch", default="resnet10")
     p.add_argument("--members", type=int, default=5)
     p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--no-pitch", action="store_true", help="features: the embedding alone")
+    p.add_argument("--mix", choices=["audio", "approx"], default=None)
+    p.add_argument("--mix-n", type=int, default=600)
+    p.add_argument(
+        "--mix-multi", type=int, default=0, help="ensemble/fuse: TrainParams.mix_multi (members)"
+    )
     a = p.parse_args()
     torch.manual_seed(0)
     if a.step == "features":
-        features(a.run, a.frames)
+        features(a.run, a.frames, pitch=not a.no_pitch)
+    elif a.step == "mix":
+        mix(a.run, a.data, a.mix_n)
     elif a.step == "ensemble":
-        ensemble(a.run, a.data, a.arch, a.members, a.epochs)
+        ensemble(a.run, a.data, a.arch, a.members, a.epochs, a.mix, a.mix_n, a.mix_multi)
     else:
-        fuse(a.run, a.data, f"{a.arch}x{a.members}x{a.epochs}")
+        name = _name(a.arch, a.members, a.epochs, a.mix, a.mix_n)
+        name += f"_mixmulti{a.mix_multi}" if a.mix_multi else ""
+        fuse(a.run, a.data, name, a.mix, a.mix_n)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ class TrainParams:
     aug_shift_frames: int = 0  # time_shift: per-snippet circular roll in [-x, +x] frames; 0 = off
     aug_spec_time_masks: int = 0  # SpecAugment time bands (<= 20 frames each) per snippet
     aug_spec_freq_masks: int = 0  # SpecAugment mel bands (<= 5 bands each) per snippet
+    mix_multi: int = 0  # two-voice `multi` examples mixed from solo ones (training/mixing.py)
 
     def augment_config(self) -> AugmentConfig:
         """The training-batch augmentation these params ask for (identity for the reference)."""
@@ -72,6 +73,7 @@ class TrainParams:
             "aug_shift_frames",
             "aug_spec_time_masks",
             "aug_spec_freq_masks",
+            "mix_multi",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -95,6 +97,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "aug_shift_frames": 0,
         "aug_spec_time_masks": 0,
         "aug_spec_freq_masks": 0,
+        "mix_multi": 0,
     },
 }
 PRESETS["augmented"] = {

@@ -57,6 +57,7 @@ from training.loop import (  # re-exported: the shared loop's names stay importa
     train_one_epoch,
 )
 from training.metrics import accuracy, confusion_matrix, macro_f1
+from training.mixing import with_mixtures
 from training.model import N_FRAMES, N_MELS, build_member
 from training.parallel import MemberProcesses
 from training.params import DEFAULT_PRESET, PRESETS, TrainParams, preset_params
@@ -190,6 +191,11 @@ def run(
         raise ValueError("no training samples left after the group split")
     work_dir.mkdir(parents=True, exist_ok=True)
     check_or_write_params(work_dir, params, data_fingerprint(x, y, groups, classes))
+    y_labelled = y  # the voice head and the finish see the labelled samples only
+    if params.mix_multi:  # two-voice examples on the training side (validation stays real)
+        x, y, train_idx = with_mixtures(
+            x, y, groups, classes, train_idx, params.mix_multi, params.seed
+        )
 
     weights = class_weights(y[train_idx], n_classes)
     pin = device.type == "cuda"
@@ -285,9 +291,11 @@ def run(
         if pool is not None:
             pool.close()
     meta = {**(meta or {}), "train_bf16": amp}  # provenance: how the weights were trained
+    labelled_idx = train_idx[train_idx < len(y_labelled)]
     return _finish(
-        params, work_dir, device, classes, weights, val_loader, train_idx, y, meta, voice
-    )
+        params, work_dir, device, classes, weights, val_loader, labelled_idx, y_labelled, meta,
+        voice,
+    )  # fmt: skip
 
 
 def default_stack(device: str | torch.device, members: int) -> int:

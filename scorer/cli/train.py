@@ -28,6 +28,7 @@ PRESET_NAMES = ("reference", "augmented")
 RECIPE_OPTIONS = (
     "members", "epochs", "batch_size", "seed", "lr", "weight_decay", "mixup_alpha", "arch",
     "normalize", "val_fraction", "label_smoothing", "aug_gain_db", "aug_shift_frames",
+    "mix_multi",
 )  # fmt: skip
 
 
@@ -132,6 +133,13 @@ def train_params_from_options(preset: str, options: dict[str, Any]) -> TrainPara
     help="SpecAugment: N time masks (up to 20 frames) and N frequency masks (up to 5 mel bands) "
     "per training snippet, filled with its mean. 0 = off. [preset; reference: 0, augmented: 2]",
 )
+@click.option(
+    "--mix-multi",
+    type=click.IntRange(min=0),
+    help="Add N two-voice `multi` examples to the training side, each the power sum of the "
+    "log-mels of two solo (male/female) training snippets of different singers; needs those "
+    "class names. 0 = off. [preset; reference: 0]",
+)
 @click.option("--name", help="Model version name (default v<job id>).")
 @click.option("--no-activate", is_flag=True, help="Register the model without activating it.")
 @click.option("--keep-checkpoints", is_flag=True, help="Keep per-epoch checkpoints after success.")
@@ -160,6 +168,7 @@ def train(
     aug_gain_db: float | None,
     aug_shift_frames: int | None,
     aug_spec_masks: int | None,
+    mix_multi: int | None,
     name: str | None,
     no_activate: bool,
     keep_checkpoints: bool,
@@ -201,6 +210,7 @@ def train(
             weight_decay=weight_decay, mixup_alpha=mixup_alpha, arch=arch, normalize=normalize,
             val_fraction=val_fraction, label_smoothing=label_smoothing, aug_gain_db=aug_gain_db,
             aug_shift_frames=aug_shift_frames, aug_spec_masks=aug_spec_masks,
+            mix_multi=mix_multi,
         ),
     )  # fmt: skip
     if name is not None:
