@@ -4,7 +4,8 @@ Naive, as a first script would do it: per file, build a fresh Spleeter (weights 
 separate, featurise, run the members one after another at batch size 1, and write the result
 with one INSERT and one COMMIT per row. Scorer: worker.embedded.run (separator and ensemble
 loaded once, batches of 8 snippets / 64 windows, one transaction per batch; the ensemble in
-bf16 where the CPU runs it natively, with a float32 row beside it then). Target >= 10x.
+bf16 where the CPU runs it natively, with a float32 row beside it then), and scorer under
+SCORER_PROFILE=fast (a 1-member student, Spleeter's segment by need). Target >= 10x.
 """
 
 from __future__ import annotations
@@ -131,6 +132,40 @@ def _embedded_variant(
         engine.dispose()
 
 
+STUDENT_ARCH = "resnet10"  # the distilled student of docs/RESULTS.md 0b
+
+
+def _fast_profile(
+    data_dir: Path, paths: list[Path], members: int, arch: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The embedded run under SCORER_PROFILE=fast: the same teacher (trained at T = 512) is the
+    active model and has a 1-member student (`distilled_from` it, as `scorer distill` records
+    it), so the profile scores with the student, on features separated by need (T = 192 for
+    these clips), bf16 where native. Random weights: a trained student runs exactly as fast."""
+    from scorer.settings import Settings
+
+    settings = Settings(
+        data_dir=data_dir, device="cpu", broker_url=None, database_url=None, profile="fast"
+    )
+    engine = fixtures.sqlite_engine(settings)
+    try:
+        sid = fixtures.register_model(
+            engine, settings, "m-student", 1, STUDENT_ARCH, seed=4, frontend=FrontendConfig()
+        )
+        fixtures.register_model(engine, settings, "m", members, arch, 3, FrontendConfig())
+        with Session(engine) as s, s.begin():
+            student = s.get(ModelVersion, sid)
+            assert student is not None
+            student.params = {**student.params, "distilled_from": "m"}
+        out = embedded_run.run(settings, engine, paths)
+        if out["summary"].model_name != "m-student":
+            raise RuntimeError(f"the fast profile scored with {out['summary'].model_name}")
+        config = {"student": f"1 x {STUDENT_ARCH}", "T": settings.spleeter_frames}
+        return out, config
+    finally:
+        engine.dispose()
+
+
 def run(quick: bool) -> dict[str, Any]:
     """Both paths over the same N files, each on its own fresh SQLite file, same weights."""
     n, members, arch = SIZES[quick]
@@ -159,6 +194,7 @@ def run(quick: bool) -> dict[str, Any]:
             t256, _ = _embedded_variant(
                 Path(tmp) / "scorer_T256", paths, members, arch, {"spleeter_frames": 256}
             )
+            fast, fast_config = _fast_profile(Path(tmp) / "scorer_fast", paths, members, arch)
             f32 = None
             if bf16:  # the default ran in bf16: the float32 run too, like for like with naive
                 f32, f32_probs = _embedded_variant(
@@ -188,12 +224,17 @@ def run(quick: bool) -> dict[str, Any]:
         {"path": "scorer embedded, T = 256", "wall_s": round(t256["wall_s"], 2),
          "cpu_s": round(t256["cpu_s"], 2), "snippets_per_s": round(n / t256["wall_s"], 3),
          **t256["breakdown"]},
+        {"path": f"scorer embedded, SCORER_PROFILE=fast ({fast_config['student']} student, "
+                 "T by need)", "wall_s": round(fast["wall_s"], 2),
+         "cpu_s": round(fast["cpu_s"], 2), "snippets_per_s": round(n / fast["wall_s"], 3),
+         **fast["breakdown"]},
     ]  # fmt: skip
     ratios = {
         "embedded_vs_naive": ratio,
         "embedded_vs_naive_cpu": speedup(naive_cpu, emb["cpu_s"]),
         "embedded_1_thread_vs_naive": speedup(naive_s, one["wall_s"]),
         "embedded_T256_vs_naive_T512": speedup(naive_s, t256["wall_s"]),
+        "fast_profile_vs_naive": speedup(naive_s, fast["wall_s"]),
     }
     notes = [
         f"target >= 10x: {'met' if ratio >= 10 else 'NOT met'} ({ratio}x)",
@@ -221,5 +262,8 @@ def run(quick: bool) -> dict[str, Any]:
             "naive model_loading includes its Spleeter build, once per file",
             "'1 thread' = the same embedded run with SCORER_TORCH_THREADS=1 (fresh database)",
             "'T = 256' = SCORER_SPLEETER_FRAMES=256, another front end (not like for like)",
+            "'fast' = SCORER_PROFILE=fast: the teacher's newest student (1 member) on features "
+            "separated by need, bf16 where native; its accuracy cost is in docs/RESULTS.md "
+            "(0b: the student; the segment section: T by need)",
         ],
     }  # fmt: skip
