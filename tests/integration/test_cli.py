@@ -7,6 +7,7 @@ click's CliRunner and check what a user sees and what the database holds.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -177,6 +178,12 @@ def test_same_bytes_again_do_no_new_work(env: dict, tmp_path: Path) -> None:
     second = invoke(env["settings"], "enqueue", str(folder))
     assert second.exit_code == 0, second.output
     assert "2 files, 1 distinct, 0 new, 0 preprocessed, 0 scored" in second.output
+    sha = hashlib.sha256((folder / "a.wav").read_bytes()).hexdigest()
+    with session(env["settings"]) as s:  # the work itself, once (unique keys hide a second time)
+        runs = s.execute(
+            select(Snippet.preprocess_runs, Snippet.score_runs).where(Snippet.sha256 == sha)
+        ).one()
+    assert tuple(runs) == (1, 1)
 
 
 def test_results_json_csv_and_windows(env: dict) -> None:
