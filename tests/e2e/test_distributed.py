@@ -399,7 +399,8 @@ def test_nothing_lost_nothing_doubled_under_faults(cluster: dict) -> None:
         sent.add(app.send_task(INFER_TASK, args=(sha,)).id)
     wait_for(taken(cluster["redis"].url, sent), 300, "the messages sent again", workers)
     log.info("every message sent again was taken")
-    assert runs_of(engine) == runs
+    again = runs_of(engine)
+    assert {sha[:12]: (runs[sha], n) for sha, n in again.items() if n != runs[sha]} == {}
     assert counts(engine) == {"scored": total + 12}
 
 
