@@ -50,8 +50,6 @@ FRAMES = 192
 """Spleeter's segment (SCORER_SPLEETER_FRAMES): the shortest that covers a 3 s snippet, 2.4-2.7x
 less separation work than 512 (docs/BENCHMARKS.md). What these tests check (messages, claims,
 rows) does not depend on it; the front end's own tests cover 512."""
-SETTLE_S = 0.5
-"""After the workers stop moving: what they sent the database before finishes there."""
 OUTAGE_S = 3
 
 
@@ -215,7 +213,7 @@ class Interrupted:
         self.certain: dict[str, set[tuple[str, str]]] = {st: set() for st in STAGE_STATUS}
 
     def note(self, engine: Engine, stages: tuple[str, ...], certain: bool) -> None:
-        time.sleep(SETTLE_S)
+        settle(engine)
         for stage in stages:
             with make_sessionmaker(engine)() as s:
                 rows = s.execute(
@@ -234,6 +232,22 @@ class Interrupted:
             Counter(sha for sha, _ in self.certain[stage]),
             Counter(sha for sha, _ in self.possible[stage]),
         )
+
+
+def settle(engine: Engine, timeout: float = 30) -> None:
+    """Once the workers stop moving (killed, or SIGSTOPped): wait until what they had sent the
+    database is done there (no other session running a statement, twice in a row), so the rows
+    read next hold every commit they will ever make before the fault."""
+    deadline, quiet = time.monotonic() + timeout, 0
+    while quiet < 2 and time.monotonic() < deadline:
+        with engine.connect() as conn:
+            busy = conn.scalar(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                "AND state = 'active' AND pid <> pg_backend_pid()"
+            ))  # fmt: skip
+        quiet = quiet + 1 if busy == 0 else 0
+        time.sleep(0.1)
+    assert quiet >= 2, "the database was still busy with the stopped workers' statements"
 
 
 def runs_of(engine: Engine) -> dict[str, tuple[int, int]]:
