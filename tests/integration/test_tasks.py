@@ -295,7 +295,7 @@ def test_voice_features_through_the_tasks(make_settings: Callable[..., Settings]
         with make_sessionmaker(env["engine"])() as s:
             stmt = select(Prediction.probabilities).where(Prediction.sha256 == sha)
             got = s.scalars(stmt).first()
-        ens = load_ensemble(folder, "cpu", amp=False)
+        ens = load_ensemble(folder, "cpu", amp=settings.infer_amp)  # as the GPU task loads it
         x = torch.from_numpy(mel.astype(np.float32))
         fused = ens.predict(x, torch.from_numpy(voice[:, 0].astype(np.float32)))["proba"][0]
         plain = ens.predict(x)["proba"][0]
