@@ -111,6 +111,16 @@ PRESETS["augmented"] = {
     "aug_spec_time_masks": 2,
     "aug_spec_freq_masks": 2,
 }
+PRESETS["cpu"] = {
+    # A recipe a two-core CPU finishes on ~3,000 snippets well inside an hour (issue 11 item 6):
+    # 5 x ResNet-10 x 6 epochs. With the speaker-embedding head (SCORER_VOICE_FEATURES, on by
+    # default) it measured 0.884 on held-out singers of mir1k4, above the 20 x ResNet-34
+    # reference's log-mel ensemble (docs/RESULTS.md 0f).
+    **PRESETS["reference"],
+    "members": 5,
+    "epochs": 6,
+    "arch": "resnet10",
+}
 DEFAULT_PRESET = "reference"
 
 
