@@ -1,12 +1,14 @@
 """Spleeter's segment by need (T = 0) against the official T = 512 on real held-out mir1k4 files.
 
-    python -m bench.segment_sdr --vocals DIR [--data ../shared/data/mir1k4] [--n 200] [--out F]
+    python -m bench.segment_sdr --vocals DIR [--data ../shared/data/mir1k4] [--n 200]
+        [--done ROWS] [--out F]
 
 DIR holds `bench.mir1k4_vocals`'s T = 512 output (vocals_T512.npy, vocals_files.txt,
 vocals_T512.done): the reference vocals, so T = 512 need not be separated again for the SDR.
 `--n` held-out files (the fixed split of bench/mir1k4_split.py, spread evenly over those the
-dump has done) are separated by need (T = 192 for these 3 s clips) and at T = 512, interleaved,
-1 torch thread, each timed in the same run; the T = 512 run is also checked against the dump.
+dump has done, or over its first `--done` rows) are separated by need (T = 192 for these 3 s
+clips) and at T = 512, interleaved, 1 torch thread, each timed in the same run; the T = 512 run
+is also checked against the dump.
 Prints the vocals' SDR against T = 512 (16 kHz mono, what the log-mel sees), per class, the
 log-mel drift, and the time per clip of both.
 """
@@ -33,11 +35,14 @@ from pipeline.preprocess import mel_windows, vocals_mono
 from pipeline.spleeter import BY_NEED, OFFICIAL_FRAMES, load_separator
 
 
-def held_out_done(data: Path, vocals: Path, n: int) -> list[tuple[int, str, str]]:
+def held_out_done(
+    data: Path, vocals: Path, n: int, done: int | None = None
+) -> list[tuple[int, str, str]]:
     """(row in the dump, file, label) of `n` held-out files the dump has done, evenly spread
     (so the pick depends on how far the dump had come: the output says, as `picked_rows`)."""
     files = (vocals / "vocals_files.txt").read_text(encoding="utf-8").split()
-    done = int((vocals / f"vocals_T{OFFICIAL_FRAMES}.done").read_text())
+    finished = int((vocals / f"vocals_T{OFFICIAL_FRAMES}.done").read_text())
+    done = finished if done is None else min(done, finished)
     with open(data / "labels.csv", newline="", encoding="utf-8") as f:
         rows = {r["file"]: r for r in csv.DictReader(f)}
     held = [
@@ -60,8 +65,8 @@ def _summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def measure(data: Path, vocals: Path, n: int) -> dict[str, Any]:
-    picked = held_out_done(data, vocals, n)
+def measure(data: Path, vocals: Path, n: int, done: int | None = None) -> dict[str, Any]:
+    picked = held_out_done(data, vocals, n, done)
     ref = np.load(vocals / f"vocals_T{OFFICIAL_FRAMES}.npy", mmap_mode="r")
     cfg = {t: FrontendConfig(spleeter_frames=t) for t in (BY_NEED, OFFICIAL_FRAMES)}
     seps = {t: load_separator("cpu", t) for t in cfg}
@@ -117,9 +122,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=here.parent / "shared/data/mir1k4")
     parser.add_argument("--vocals", type=Path, required=True)
     parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--done", type=int, default=None, help="pick from the first ROWS only")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    result = measure(args.data, args.vocals, args.n)
+    result = measure(args.data, args.vocals, args.n, args.done)
     text = json.dumps(result, indent=1)
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")
