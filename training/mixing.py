@@ -99,7 +99,8 @@ def with_mixtures(
     if missing or not solo:
         raise ValueError(
             f"mix_multi needs a {MULTI_CLASS!r} class and at least one of "
-            f"{', '.join(map(repr, SOLO_CLASSES))} among the classes, got {list(classes)}"
+            f"{', '.join(map(repr, SOLO_CLASSES))} among the classes, got {list(classes)} "
+            "(train with --mix-multi 0)"
         )
     pairs, quieter = mixing_pairs(y, groups, train_idx, solo, n, seed)
     if len(pairs) == 0:

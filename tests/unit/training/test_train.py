@@ -245,8 +245,8 @@ def test_reference_preset_is_the_default_and_augmented_only_adds_the_knobs() -> 
         "aug_spec_freq_masks",
     }
     cpu = {k for k in PRESETS["reference"] if PRESETS["cpu"][k] != PRESETS["reference"][k]}
-    assert cpu == {"members", "epochs", "arch"}  # the measured CPU recipe: its size alone
-    assert preset_params("cpu", members=3).members == 3
+    assert cpu == {"members", "epochs", "arch", "mix_multi"}  # the measured CPU recipe
+    assert preset_params("cpu", members=5).members == 5
     aug = preset_params("augmented", epochs=5)
     assert (aug.epochs, aug.label_smoothing, aug.aug_gain_db) == (5, 0.1, 6.0)
     cfg = aug.augment_config()
