@@ -99,7 +99,9 @@ def features(run: Path, frames: int, pitch: bool = True) -> None:
         )
 
 
-def _fit_val(rows: list[dict[str, str]], tr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _fit_val(
+    rows: list[dict[str, str]], tr: np.ndarray, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """The fitting and validation rows of the training singers, as the training code splits."""
     from training.data import group_split
     from training.params import TrainParams
@@ -107,7 +109,7 @@ def _fit_val(rows: list[dict[str, str]], tr: np.ndarray) -> tuple[np.ndarray, np
     p = TrainParams()
     y = np.array([CLASSES.index(r["label"]) for r in rows])
     fit_idx, val_idx = group_split(
-        [rows[i]["split_group"] for i in tr], y[tr], p.val_fraction, p.seed
+        [rows[i]["split_group"] for i in tr], y[tr], p.val_fraction, seed
     )
     return tr[fit_idx], tr[val_idx]
 
@@ -201,6 +203,7 @@ def ensemble(
     kind: str | None = None,
     n: int = 0,
     mix_multi: int = 0,
+    seed: int = 0,
 ) -> None:
     """Train the log-mel ensemble on the training singers (plus the mixtures of ``kind``, as
     `multi`); RUN/probs_<name>.npz."""
@@ -222,8 +225,9 @@ def ensemble(
             train.shas + [f"mix:{k}" for k in range(len(extra[0]))],
         )
     test = Split(np.asarray(mels[te]), y[te], list(g[te]), list(shas[te]))
-    params = TrainParams(arch=arch, members=members, epochs=epochs, mix_multi=mix_multi)
+    params = TrainParams(arch=arch, members=members, epochs=epochs, mix_multi=mix_multi, seed=seed)
     name = _name(arch, members, epochs, kind, n) + (f"_mixmulti{mix_multi}" if mix_multi else "")
+    name += f"_seed{seed}" if seed else ""
     result = train_and_evaluate(
         name, train, test, params, "cpu", run, deadline=time.monotonic() + 10 * 3600
     )
@@ -251,7 +255,9 @@ FAMILIES = {
 }
 
 
-def fuse(run: Path, data: Path, name: str, kind: str | None = None, n: int = 0) -> None:
+def fuse(
+    run: Path, data: Path, name: str, kind: str | None = None, n: int = 0, seed: int = 0
+) -> None:
     """Each family alone and fused with the ensemble; RUN/voice_probe.json. With mixtures of
     ``kind`` "audio", the voice head also fits on the mixtures (their embedding is of the mixed
     audio); with "approx" only the members saw mixtures."""
@@ -263,7 +269,7 @@ def fuse(run: Path, data: Path, name: str, kind: str | None = None, n: int = 0) 
     tr, te = _split(rows)
     y = np.array([CLASSES.index(r["label"]) for r in rows])
     probs = np.load(run / f"probs_{name}.npz")
-    fit, val = _fit_val(rows, tr)
+    fit, val = _fit_val(rows, tr, seed)  # the members' own split (their seed)
     ens_test = probs["test"].astype(np.float32).mean(0)
     ens_val = probs["val"].astype(np.float32).mean(0)
     files = [r["file"] for r in rows]
@@ -337,6 +343,7 @@ def main() -> None:
     p.add_argument("--no-pitch", action="store_true", help="features: the embedding alone")
     p.add_argument("--mix", choices=["audio", "approx"], default=None)
     p.add_argument("--mix-n", type=int, default=600)
+    p.add_argument("--seed", type=int, default=0, help="ensemble/fuse: TrainParams.seed")
     p.add_argument(
         "--mix-multi", type=int, default=0, help="ensemble/fuse: TrainParams.mix_multi (members)"
     )
@@ -347,11 +354,12 @@ def main() -> None:
     elif a.step == "mix":
         mix(a.run, a.data, a.mix_n)
     elif a.step == "ensemble":
-        ensemble(a.run, a.data, a.arch, a.members, a.epochs, a.mix, a.mix_n, a.mix_multi)
+        ensemble(a.run, a.data, a.arch, a.members, a.epochs, a.mix, a.mix_n, a.mix_multi, a.seed)
     else:
         name = _name(a.arch, a.members, a.epochs, a.mix, a.mix_n)
         name += f"_mixmulti{a.mix_multi}" if a.mix_multi else ""
-        fuse(a.run, a.data, name, a.mix, a.mix_n)
+        name += f"_seed{a.seed}" if a.seed else ""
+        fuse(a.run, a.data, name, a.mix, a.mix_n, a.seed)
 
 
 if __name__ == "__main__":
