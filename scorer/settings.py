@@ -169,7 +169,17 @@ class Settings(BaseSettings):
         "(a poison message); deaths of a training job's worker before the job fails.",
     )
     task_time_limit_s: int = Field(
-        default=900, ge=1, description="Hard time limit of one task (a worker child is killed)."
+        default=900,
+        ge=1,
+        description="Hard time limit of one task (a worker child is killed); a preprocess "
+        "task of a long file gets more (SCORER_TASK_TIME_PER_AUDIO_S).",
+    )
+    task_time_per_audio_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="A preprocess task's time limit per second of its audio (plus 60 s, never "
+        "below SCORER_TASK_TIME_LIMIT_S): ~6x Spleeter's 1-thread cost, ~3x the slowest run "
+        "measured (docs/BENCHMARKS.md, long files).",
     )
     visibility_timeout_s: int = Field(
         default=3600,

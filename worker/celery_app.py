@@ -9,6 +9,7 @@ a Redis visibility timeout longer than any task; named queues with routes; no re
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from datetime import datetime
 from typing import Any
@@ -27,6 +28,26 @@ PREPROCESS_TASK = "scorer.preprocess"
 INFER_TASK = "scorer.infer"
 SENT_AT_HEADER = "scorer_sent_at"
 """Unix time a message was published, or its countdown ends: workers' queue-wait metric."""
+
+
+TASK_OVERHEAD_S = 60
+"""Seconds a preprocess task may spend besides its audio (a child's first task loads its models)."""
+
+SOFT_MARGIN_S = 30
+"""The soft limit comes this much before the hard one (at least 1 s into the task)."""
+
+
+def time_limits(
+    default_s: int, per_audio_s: float, duration_s: float | None = None
+) -> tuple[int, int]:
+    """(hard, soft) time limit of a task over `duration_s` seconds of audio.
+
+    A long file is one task, so one limit for all would kill it on every delivery until it
+    failed as a poison message: the limit grows with the audio, never below the default."""
+    hard = default_s
+    if duration_s is not None and duration_s > 0:
+        hard = max(hard, math.ceil(TASK_OVERHEAD_S + per_audio_s * duration_s))
+    return hard, max(1, hard - SOFT_MARGIN_S)
 
 
 @before_task_publish.connect
@@ -49,6 +70,7 @@ def make_celery(settings: Settings) -> Celery:
 
         raise ScorerError("SCORER_BROKER_URL is not set: workers need a broker (redis://...)")
     app = Celery("scorer", broker=settings.broker_url, set_as_current=True)
+    hard, soft = time_limits(settings.task_time_limit_s, settings.task_time_per_audio_s)
     app.conf.update(
         task_serializer="msgpack",
         accept_content=["msgpack", "json"],
@@ -58,8 +80,8 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
-        task_time_limit=settings.task_time_limit_s,
-        task_soft_time_limit=max(1, settings.task_time_limit_s - 30),
+        task_time_limit=hard,  # a preprocess message carries its own (worker/publish.py)
+        task_soft_time_limit=soft,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,
             "max_retries": 3,

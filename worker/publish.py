@@ -5,6 +5,7 @@ The database decides what to publish, so publishing the same folder twice sends 
 content that is already scored, and `reconcile` can re-publish anything a lost message stranded.
 No message carries more than SCORER_MAX_MESSAGE_MB of audio (a larger file goes as its path with
 SCORER_SHARED_INPUT, else fails), and backpressure counts the broker's bytes as well as messages.
+Each preprocess message carries a time limit that fits its audio's length (`preprocess_limits`).
 """
 
 from __future__ import annotations
@@ -12,20 +13,28 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
 from sqlalchemy import Engine, select
 
+from pipeline.decode import open_source
 from scorer.db import queries
 from scorer.db.engine import make_sessionmaker
 from scorer.db.models import Snippet, SnippetStatus, utcnow
 from scorer.manifest import Labelled
 from scorer.settings import Settings
-from worker.celery_app import INFER_TASK, PREPROCESS_QUEUE, PREPROCESS_TASK, queue_depths
+from worker.celery_app import (
+    INFER_TASK,
+    PREPROCESS_QUEUE,
+    PREPROCESS_TASK,
+    queue_depths,
+    time_limits,
+)
 from worker.embedded import RunSummary, ingest, model_and_frontend, snippet_state
-from worker.inputs import MB, Content, find_source
+from worker.inputs import MB, Content, FileRef, find_source
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +101,48 @@ def audio_for_message(settings: Settings, content: Content) -> tuple[bytes | dic
     )
 
 
+def audio_seconds(content: Content) -> float | None:
+    """The file's length from its header (no sample decoded; bytes in memory, or the shared
+    path), or None where the header cannot be read: the worker then fails the file with its
+    reason, under the default limit, as before."""
+    try:
+        with open_source(content.path if isinstance(content, FileRef) else content) as f:
+            return f.frames / f.samplerate
+    except Exception:  # only a hint: any fault here leaves the default limit
+        return None
+
+
+def preprocess_limits(settings: Settings, content: Content, name: str = "") -> dict[str, Any]:
+    """`send_task` options: a time limit that fits the file's audio (Celery applies a message's
+    own `time_limit`/`soft_time_limit` over the worker's default, and keeps them on retries).
+    Lengths over SCORER_MAX_DURATION_S count as that: the worker refuses them at once."""
+    seconds = audio_seconds(content)
+    if seconds is not None and settings.max_duration_s:
+        seconds = min(seconds, settings.max_duration_s)
+    hard, soft = time_limits(settings.task_time_limit_s, settings.task_time_per_audio_s, seconds)
+    if hard > settings.visibility_timeout_s:
+        log.warning(
+            "%s: its task may run %d s, over SCORER_VISIBILITY_TIMEOUT_S (%d s): Redis would "
+            "deliver it again while it runs; raise SCORER_VISIBILITY_TIMEOUT_S on every host",
+            name, hard, settings.visibility_timeout_s,
+        )  # fmt: skip
+    return {"time_limit": hard, "soft_time_limit": soft}
+
+
+def still_running(settings: Settings, paths: Sequence[str], started: datetime) -> bool:
+    """Can a delivery that began work at `started` (a queued row with its token in flight) still
+    be running, within the time limit of its file? Then re-sending it would start the same work
+    twice, and count the running delivery as a death. The length is read from the first path
+    whose header reads (no bytes hashed); none: the default limit."""
+    seconds = next((d for p in paths if (d := audio_seconds(FileRef(p, 0))) is not None), None)
+    if seconds is not None and settings.max_duration_s:
+        seconds = min(seconds, settings.max_duration_s)
+    hard, _ = time_limits(settings.task_time_limit_s, settings.task_time_per_audio_s, seconds)
+    if started.tzinfo is None:  # SQLite hands back naive UTC
+        started = started.replace(tzinfo=UTC)
+    return utcnow() - started < timedelta(seconds=hard)
+
+
 def room_for(settings: Settings, app: Celery, audio: bytes | dict, wait: bool) -> bool:
     """Wait for (or, without `wait`, check) room in the queue for this message."""
     bound_bytes, size = int(settings.queue_bound_mb * MB), message_bytes(audio)
@@ -150,7 +201,10 @@ def publish(
                     summary.failures.append((str(path), why))
                     continue
                 room_for(settings, app, audio, wait=True)
-                app.send_task(PREPROCESS_TASK, args=(sha, audio, path.name, frontend.to_dict()))
+                app.send_task(
+                    PREPROCESS_TASK, args=(sha, audio, path.name, frontend.to_dict()),
+                    **preprocess_limits(settings, data, str(path)),
+                )  # fmt: skip
                 summary.preprocessed += 1
         if unsendable:
             with sessions.begin() as s:
@@ -194,6 +248,12 @@ def wait_until_final(
             time.sleep(poll_s)
 
 
+BATCH_COLUMNS = (
+    Snippet.id, Snippet.sha256, Snippet.status, Snippet.source_path, Snippet.in_flight,
+    Snippet.updated_at,
+)  # fmt: skip
+"""What reconcile reads of each waiting row: in_flight and updated_at say if work may still run."""
+
 RECONCILE_BATCH = 500
 """Rows per reconcile batch: one read, then one transaction for the batch's writes."""
 
@@ -228,7 +288,7 @@ def reconcile(
         size = RECONCILE_BATCH if limit is None else min(RECONCILE_BATCH, limit - seen)
         with sessions() as s:
             batch = s.execute(
-                select(Snippet.id, Snippet.sha256, Snippet.status, Snippet.source_path)
+                select(*BATCH_COLUMNS)
                 .where(Snippet.status.in_([SnippetStatus.queued, SnippetStatus.preprocessed]))
                 .where(Snippet.updated_at < cutoff, Snippet.id > after_id)
                 .order_by(Snippet.id)
@@ -258,7 +318,7 @@ def _republish(
     settings: Settings,
     engine: Engine,
     app: Celery,
-    batch: Sequence[tuple[int, str, SnippetStatus, str]],
+    batch: Sequence[tuple[int, str, SnippetStatus, str, str | None, datetime]],
     has_model: bool,
     wait: bool,
     counts: dict[str, int],
@@ -266,15 +326,18 @@ def _republish(
     """Send one batch's messages: (shas sent, {sha: reason} of failed ones, queue full?)."""
     touched: list[str] = []
     failed: dict[str, str] = {}
-    queued = [sha for _, sha, status, _ in batch if status == SnippetStatus.queued]
+    queued = [sha for _, sha, status, *_ in batch if status == SnippetStatus.queued]
     with make_sessionmaker(engine)() as s:
         paths = queries.paths_of(s, queued) if queued else {}
-    for _, sha, status, source in batch:
+    for _, sha, status, source, in_flight, started in batch:
         if status == SnippetStatus.preprocessed:
             if has_model:
                 app.send_task(INFER_TASK, args=(sha,))
                 counts["infer"] += 1
                 touched.append(sha)
+            continue
+        if in_flight is not None and still_running(settings, paths.get(sha, [source]), started):
+            log.info("%s: still within its time limit, not re-sent", source)
             continue
         if wait:
             wait_for_room(app, settings.queue_bound)
@@ -299,7 +362,10 @@ def _republish(
             continue
         if not room_for(settings, app, audio, wait):
             return touched, failed, True
-        app.send_task(PREPROCESS_TASK, args=(sha, audio, found.path.name))
+        app.send_task(
+            PREPROCESS_TASK, args=(sha, audio, found.path.name),
+            **preprocess_limits(settings, found.data, str(found.path)),
+        )  # fmt: skip
         counts["preprocess"] += 1
         touched.append(sha)
     return touched, failed, False
