@@ -11,6 +11,8 @@ Each preprocess message carries a time limit that fits its audio's length (`prep
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -129,12 +131,21 @@ def preprocess_limits(settings: Settings, content: Content, name: str = "") -> d
     return {"time_limit": hard, "soft_time_limit": soft}
 
 
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def still_running(settings: Settings, paths: Sequence[str], started: datetime) -> bool:
     """Can a delivery that began work at `started` (a queued row with its token in flight) still
     be running, within the time limit of its file? Then re-sending it would start the same work
     twice, and count the running delivery as a death. The length is read from the first path
-    whose header reads (no bytes hashed); none: the default limit."""
-    seconds = next((d for p in paths if (d := audio_seconds(FileRef(p, 0))) is not None), None)
+    whose header reads (a regular file's: never a FIFO's open; no bytes hashed); none: the
+    default limit."""
+    regular = [p for p in paths if _is_regular(p)]
+    seconds = next((d for p in regular if (d := audio_seconds(FileRef(p, 0))) is not None), None)
     if seconds is not None and settings.max_duration_s:
         seconds = min(seconds, settings.max_duration_s)
     hard, _ = time_limits(settings.task_time_limit_s, settings.task_time_per_audio_s, seconds)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from scorer.db.models import utcnow
 from scorer.settings import Settings
 from worker.celery_app import TASK_OVERHEAD_S, time_limits
 from worker.inputs import FileRef
-from worker.publish import audio_seconds, preprocess_limits
+from worker.publish import audio_seconds, preprocess_limits, still_running
 
 
 def wav(seconds: float, sr: int = 16_000) -> bytes:
@@ -64,3 +67,19 @@ def test_limits_from_settings_cap_the_length_at_the_policy_limit(
         "soft_time_limit": want - 30,
     }
     assert preprocess_limits(settings, b"junk") == {"time_limit": 100, "soft_time_limit": 70}
+
+
+def test_still_running_reads_regular_files_only(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    """A path that became a FIFO would block the reconciler in open(): it gives no length."""
+    settings = make_settings(task_time_limit_s=100, task_time_per_audio_s=1.0)
+    long = tmp_path / "long.wav"
+    long.write_bytes(wav(200.0))
+    fifo = tmp_path / "fifo.wav"
+    os.mkfifo(fifo)
+    began = utcnow() - timedelta(seconds=150)  # past the default 100 s, within 60 + 200 s
+    assert still_running(settings, [str(fifo), str(long)], began)
+    assert not still_running(settings, [str(fifo)], began)
+    assert not still_running(settings, [str(tmp_path / "gone.wav")], began)
+    assert still_running(settings, [str(long)], began.replace(tzinfo=None))  # SQLite's naive UTC
