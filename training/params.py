@@ -115,8 +115,9 @@ PRESETS["cpu"] = {
     # A recipe a two-core CPU finishes on ~3,000 snippets well inside an hour (issue 11 item 6):
     # 3 x ResNet-10 x 6 epochs, with 600 two-voice mixtures for `multi` (training/mixing.py).
     # With the speaker-embedding head (SCORER_VOICE_FEATURES, on by default) it measured 0.8998
-    # accuracy, macro-F1 0.746 on held-out singers of mir1k4, against 0.8859 / 0.699 without the
-    # mixtures and 0.8071 for the 20 x ResNet-34 reference's log-mel ensemble (docs/RESULTS.md 0g).
+    # and 0.8952 accuracy, macro-F1 0.746 and 0.688 on held-out singers of mir1k4 (two seeds),
+    # against 0.8859 / 0.699 and 0.8998 / 0.672 without the mixtures, and 0.8071 for the
+    # 20 x ResNet-34 reference's log-mel ensemble (docs/RESULTS.md 0g).
     **PRESETS["reference"],
     "members": 3,
     "epochs": 6,

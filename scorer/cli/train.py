@@ -77,8 +77,8 @@ def train_params_from_options(preset: str, options: dict[str, Any]) -> TrainPara
     "augmented: reference + random gain (6 dB), time shift (30 frames), 2 time + 2 frequency "
     "SpecAugment masks and label smoothing 0.1; measured worse on held-out singers "
     "(docs/RESULTS.md). cpu: 3 x ResNet-10 x 6 epochs with 600 two-voice mixtures, for a CPU "
-    "(~30 min on 3,000 snippets): with the voice head 0.90 on held-out singers, above the "
-    "reference's 0.81 (docs/RESULTS.md 0g).",
+    "(~25 min on 3,000 snippets): with the voice head 0.895-0.900 on held-out singers, above "
+    "the reference's log-mel ensemble at 0.81 (docs/RESULTS.md 0g).",
 )
 @click.option(
     "--members", type=click.IntRange(min=1), help="Ensemble size. [preset; reference: 20]"
