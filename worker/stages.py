@@ -54,6 +54,22 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
 
 
+OVER_TIME_LIMIT = (
+    "took longer than its task time limit (SCORER_TASK_TIME_LIMIT_S, and "
+    "SCORER_TASK_TIME_PER_AUDIO_S per second of audio): raise them for files like this one"
+)
+
+
+def item_error(doing: str, exc: BaseException) -> str:
+    """A row's reason for an exception at the item boundary; Celery's soft time limit (raised in
+    the task by the pool's signal) says so, rather than looking like a bad file."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    return (
+        OVER_TIME_LIMIT if isinstance(exc, SoftTimeLimitExceeded) else f"{doing}: {one_line(exc)}"
+    )
+
+
 def preprocess(rt: Runtime, items: list[Item]) -> list[Preprocessed]:
     """Decode each item (a bad one fails alone), then separate and featurise the rest as a batch.
 
@@ -70,7 +86,7 @@ def preprocess(rt: Runtime, items: list[Item]) -> list[Preprocessed]:
             continue
         except Exception as exc:  # the item boundary, MemoryError included
             log.exception("decoding %s failed", item.name)
-            out[item.sha256] = Preprocessed(item.sha256, error=f"cannot decode: {one_line(exc)}")
+            out[item.sha256] = Preprocessed(item.sha256, error=item_error("cannot decode", exc))
             continue
         out[item.sha256] = Preprocessed(
             item.sha256,
@@ -89,6 +105,10 @@ def preprocess(rt: Runtime, items: list[Item]) -> list[Preprocessed]:
     try:
         feats = featurize_batch(rt, [a for _, a in good])
     except Exception as exc:  # out of memory, or one item that cannot be windowed
+        if item_error("", exc) == OVER_TIME_LIMIT:  # no time left to retry item by item
+            for item, _ in good:
+                out[item.sha256] = Preprocessed(item.sha256, error=OVER_TIME_LIMIT)
+            return [out[i.sha256] for i in items]
         if len(good) > 1:
             log.info("featurising a batch of %d failed (%s); item by item", len(good), exc)
         for item, audio in good:
@@ -96,7 +116,7 @@ def preprocess(rt: Runtime, items: list[Item]) -> list[Preprocessed]:
                 ((out[item.sha256].windows, out[item.sha256].voice),) = featurize_batch(rt, [audio])
             except Exception as one:
                 out[item.sha256] = Preprocessed(
-                    item.sha256, error=f"cannot featurise: {one_line(one)}"
+                    item.sha256, error=item_error("cannot featurise", one)
                 )
     else:
         for (item, _), (windows, voice) in zip(good, feats, strict=True):

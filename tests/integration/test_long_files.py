@@ -79,3 +79,31 @@ def test_a_path_that_no_longer_holds_the_sha_fails_with_the_reason(tmp_path: Pat
         load(rt, sha, ref)
     (result,) = preprocess(rt, [Item(sha, ref, song.name)])
     assert result.error is not None and "no longer holds" in result.error
+
+
+def test_a_file_over_its_task_time_limit_fails_saying_so(tmp_path: Path) -> None:
+    """Celery's pool raises SoftTimeLimitExceeded in the task when the soft limit passes (by a
+    signal); here a real timer does the same in the middle of featurising a long file. The row
+    says what happened and what to raise, not "cannot decode"."""
+    import signal
+
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    song = tmp_path / "long.wav"
+    sf.write(song, np.random.default_rng(0).normal(0, 0.1, SR * 600).astype(np.float32), SR)
+    sha, ref, error = read_input(song, 100 * MB, keep_bytes=0)
+    assert error is None
+    rt = Runtime(settings_for(tmp_path, separation=False))
+
+    def soft_limit(signum: int, frame: object) -> None:
+        raise SoftTimeLimitExceeded()
+
+    old = signal.signal(signal.SIGALRM, soft_limit)
+    signal.setitimer(signal.ITIMER_REAL, 0.05)
+    try:
+        (result,) = preprocess(rt, [Item(sha, ref, song.name)])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert result.error is not None and "time limit" in result.error, result.error
+    assert "SCORER_TASK_TIME_PER_AUDIO_S" in result.error
