@@ -23,12 +23,7 @@ from scorer.errors import InputError
 DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "mir1k4"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,7 @@ CLIP = 3 * SR  # 132300 samples: the 3 s snippet
 DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "mir1k4"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The test machine's cores are shared; one thread also avoids OpenMP spin-wait stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
