@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 import redis
 import soundfile as sf
-from sqlalchemy import select, update
+from celery import Celery
+from sqlalchemy import Engine, select, update
 
 from scorer.db.engine import make_engine, make_sessionmaker
 from scorer.db.migrate import upgrade
@@ -68,10 +69,11 @@ def limits_sent(client: redis.Redis) -> dict[str, list[int]]:
     return out
 
 
-def test_published_and_reconciled_messages_carry_a_limit_that_fits_the_file(
-    tmp_path: Path, client: redis.Redis, make_settings: Callable[..., Settings]
-) -> None:
-    """No worker: the messages stay in Redis, where their headers are read back."""
+def producer(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> tuple[Settings, Engine, Celery, Path]:
+    """The enqueuing side with no worker: settings (900 s base, 2 s per audio second), a
+    migrated SQLite database, the Celery app and an empty inbox folder."""
     settings = make_settings(
         database_url=f"sqlite:///{tmp_path / 'scorer.db'}",
         broker_url=f"redis://127.0.0.1:6379/{REDIS_DB}",
@@ -79,9 +81,16 @@ def test_published_and_reconciled_messages_carry_a_limit_that_fits_the_file(
     )  # fmt: skip
     engine = make_engine(settings)
     upgrade(engine)
-    app = make_celery(settings)
     inbox = tmp_path / "inbox"
     inbox.mkdir()
+    return settings, engine, make_celery(settings), inbox
+
+
+def test_published_and_reconciled_messages_carry_a_limit_that_fits_the_file(
+    tmp_path: Path, client: redis.Redis, make_settings: Callable[..., Settings]
+) -> None:
+    """No worker: the messages stay in Redis, where their headers are read back."""
+    settings, engine, app, inbox = producer(tmp_path, make_settings)
     write(inbox / "short.wav", 3, 0), write(inbox / "long.wav", 600, 1)
     bad = inbox / "bad.wav"
     bad.write_bytes(b"RIFF....WAVEnot audio at all" * 100)
@@ -161,16 +170,7 @@ def test_reconcile_leaves_a_long_file_alone_while_its_work_may_still_run(
     """A queued row whose delivery began work (its token in flight) 20 minutes ago: a 3 s file
     is past its 900 s limit, so it died and is re-sent; a 10-minute file's limit is 1260 s, so
     re-sending it would start the same work twice and count the running delivery as a death."""
-    settings = make_settings(
-        database_url=f"sqlite:///{tmp_path / 'scorer.db'}",
-        broker_url=f"redis://127.0.0.1:6379/{REDIS_DB}",
-        separation=False, task_time_limit_s=900, task_time_per_audio_s=2.0,
-    )  # fmt: skip
-    engine = make_engine(settings)
-    upgrade(engine)
-    app = make_celery(settings)
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
+    settings, engine, app, inbox = producer(tmp_path, make_settings)
     write(inbox / "short.wav", 3, 0)
     long = write(inbox / "long.wav", 600, 1)
     publish(settings, engine, app, sorted(inbox.iterdir()), score_with_model=False)
