@@ -94,9 +94,8 @@ def with_mixtures(
     Raises ValueError when the classes have no `multi` or no one-voice class to mix."""
     if n <= 0:
         return x, y, train_idx
-    missing = [c for c in (MULTI_CLASS,) if c not in classes]
     solo = [classes.index(c) for c in SOLO_CLASSES if c in classes]
-    if missing or not solo:
+    if MULTI_CLASS not in classes or not solo:
         raise ValueError(
             f"mix_multi needs a {MULTI_CLASS!r} class and at least one of "
             f"{', '.join(map(repr, SOLO_CLASSES))} among the classes, got {list(classes)} "

@@ -59,9 +59,9 @@ def _featurise_long(rt: Runtime, source: Source) -> Featurised:
     except InputError:
         raise
     except Exception as exc:  # the item boundary: out of memory included
-        from celery.exceptions import SoftTimeLimitExceeded
+        from worker.stages import over_time_limit
 
-        if isinstance(exc, SoftTimeLimitExceeded):  # not the file's fault: stages says so
+        if over_time_limit(exc):  # not the file's fault: stages says so
             raise
         text = " ".join(str(exc).split())
         raise InputError(f"cannot featurise: {type(exc).__name__}: {text}"[:300]) from exc

@@ -60,14 +60,16 @@ OVER_TIME_LIMIT = (
 )
 
 
-def item_error(doing: str, exc: BaseException) -> str:
-    """A row's reason for an exception at the item boundary; Celery's soft time limit (raised in
-    the task by the pool's signal) says so, rather than looking like a bad file."""
+def over_time_limit(exc: BaseException) -> bool:
+    """Celery's soft time limit, raised in the task by the pool's signal: not the file's fault."""
     from celery.exceptions import SoftTimeLimitExceeded
 
-    return (
-        OVER_TIME_LIMIT if isinstance(exc, SoftTimeLimitExceeded) else f"{doing}: {one_line(exc)}"
-    )
+    return isinstance(exc, SoftTimeLimitExceeded)
+
+
+def item_error(doing: str, exc: BaseException) -> str:
+    """A row's reason for an exception at the item boundary."""
+    return OVER_TIME_LIMIT if over_time_limit(exc) else f"{doing}: {one_line(exc)}"
 
 
 def preprocess(rt: Runtime, items: list[Item]) -> list[Preprocessed]:
@@ -105,7 +107,7 @@ def preprocess(rt: Runtime, items: list[Item]) -> list[Preprocessed]:
     try:
         feats = featurize_batch(rt, [a for _, a in good])
     except Exception as exc:  # out of memory, or one item that cannot be windowed
-        if item_error("", exc) == OVER_TIME_LIMIT:  # no time left to retry item by item
+        if over_time_limit(exc):  # no time left to retry item by item
             for item, _ in good:
                 out[item.sha256] = Preprocessed(item.sha256, error=OVER_TIME_LIMIT)
             return [out[i.sha256] for i in items]
