@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,14 @@ from tqdm import tqdm
 
 from training.calibration import calibrate, expected_calibration_error, fit_ensemble_temperature
 from training.checkpoint import check_or_write_params, checkpoint_epoch, load_checkpoint
-from training.data import FeatureDataset, class_weights, data_fingerprint, group_split
+from training.data import (
+    GROUP_SEP,
+    FeatureDataset,
+    _parts,
+    class_weights,
+    data_fingerprint,
+    group_split,
+)
 from training.ensemble import Ensemble, native_bf16, save_members
 from training.loop import (  # re-exported: the shared loop's names stay importable from here
     EVAL_BATCH,
@@ -149,6 +156,7 @@ def run(
     amp: bool | None = False,
     fence: Callable[[], None] | None = None,
     voice: np.ndarray | None = None,
+    val_groups: Collection[str] | None = None,
 ) -> TrainResult:
     """Train (or resume training) an ensemble on features ``x`` (N, 299, 40) float16.
 
@@ -170,6 +178,9 @@ def run(
     and fusion weight on the validation ones) and saved with them; ``meta["voice"]`` should say
     which features (version, config). It is not part of the data fingerprint: the members'
     checkpoints do not depend on it, so a run resumes with or without it.
+    ``val_groups``: the validation singers, given instead of ``group_split``'s choice (fold-wise
+    members, bench/voice_probe.py ``--folds``); see ``explicit_split``. Part of the run's data
+    identity, so a resume with other validation singers is refused.
     Raises ValueError if work_dir holds a run with other params or other data.
     """
     params.validate()
@@ -186,11 +197,17 @@ def run(
             f"labels must index classes (0..{n_classes - 1}), got {y.min()}..{y.max()}"
         )
 
-    train_idx, val_idx = group_split(groups, y, params.val_fraction, params.seed)
+    if val_groups is None:
+        train_idx, val_idx = group_split(groups, y, params.val_fraction, params.seed)
+    else:
+        train_idx, val_idx = explicit_split(groups, len(y), val_groups)
     if len(train_idx) == 0:
         raise ValueError("no training samples left after the group split")
     work_dir.mkdir(parents=True, exist_ok=True)
-    check_or_write_params(work_dir, params, data_fingerprint(x, y, groups, classes))
+    fingerprint = data_fingerprint(x, y, groups, classes)
+    if val_groups is not None:
+        fingerprint["val_groups"] = sorted(set(val_groups))
+    check_or_write_params(work_dir, params, fingerprint)
     y_labelled = y  # the voice head and the finish see the labelled samples only
     if params.mix_multi:  # two-voice examples on the training side (validation stays real)
         x, y, train_idx = with_mixtures(
@@ -296,6 +313,19 @@ def run(
         params, work_dir, device, classes, weights, val_loader, labelled_idx, y_labelled, meta,
         voice,
     )  # fmt: skip
+
+
+def explicit_split(
+    groups: Sequence[str | None] | None, n: int, val_groups: Collection[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, val_idx) for given validation singers (``a+b`` names both): a sample is
+    validation if all its singers are, training if none is, and dropped otherwise, as in
+    ``group_split`` (a duet straddling the split would leak a voice)."""
+    val = {p.strip() for g in val_groups for p in g.split(GROUP_SEP) if p.strip()}
+    parts = _parts(groups, n)
+    val_idx = np.array([i for i, p in enumerate(parts) if p <= val], dtype=np.int64)
+    train_idx = np.array([i for i, p in enumerate(parts) if not p & val], dtype=np.int64)
+    return train_idx, val_idx
 
 
 def default_stack(device: str | torch.device, members: int) -> int:
