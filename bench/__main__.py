@@ -29,6 +29,7 @@ CASES: dict[str, str | None] = {
     "training": "bench.training",
     "spleeter_frames": "bench.spleeter_frames",
     "member_forward": "bench.member_forward",
+    "stages": "bench.stages",
 }
 
 
