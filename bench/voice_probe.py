@@ -201,29 +201,42 @@ def scalar_stats(x: np.ndarray) -> tuple[float, float]:
 
 class InputScale:
     """``--input``: the members' input from the dB log-mel. ``raw``: as stored; ``global``:
-    ``(x - mean) / std``; ``floor``: ``clamp_floor`` then the same. ``mean``/``std`` are scalars
-    of the (clamped) training side, fixed once (``fit``) and applied alike to every array."""
+    ``(x - mean) / std``; ``floor``: ``clamp_floor`` then the same (``floor<D>``, e.g.
+    ``floor120``: clamped at max - D dB). ``mean``/``std`` are scalars of the (clamped)
+    training side, fixed once (``fit``) and applied alike to every array."""
 
     def __init__(self, kind: str, mean: float = 0.0, std: float = 1.0) -> None:
-        if kind not in INPUTS:
-            raise ValueError(f"--input must be one of {INPUTS}, not {kind!r}")
         self.kind, self.mean, self.std = kind, mean, std
+        self.floor_db: float | None = None
+        if kind.startswith("floor"):
+            self.floor_db = float(kind[5:] or FLOOR_BELOW_MAX_DB)
+        elif kind not in INPUTS:
+            raise ValueError(f"--input must be one of {INPUTS}, not {kind!r}")
 
     @classmethod
     def fit(cls, kind: str, x_train: np.ndarray) -> InputScale:
-        if kind == "raw":
-            return cls(kind)
-        mean, std = scalar_stats(clamp_floor(x_train) if kind == "floor" else x_train)
-        return cls(kind, mean, std)
+        scale = cls(kind)
+        if kind != "raw":
+            scale.mean, scale.std = scalar_stats(scale._clamped(x_train))
+        return scale
+
+    def _clamped(self, x: np.ndarray) -> np.ndarray:
+        if self.floor_db is None:
+            return np.asarray(x, np.float32)
+        return clamp_floor(x, self.floor_db)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.kind == "raw":
             return np.asarray(x)
-        x = clamp_floor(x) if self.kind == "floor" else np.asarray(x, np.float32)
-        return ((x - self.mean) / self.std).astype(np.float32)
+        return ((self._clamped(x) - self.mean) / self.std).astype(np.float32)
 
-    def describe(self) -> dict[str, float | str]:
-        return {"input": self.kind, "mean": round(self.mean, 4), "std": round(self.std, 4)}
+    def describe(self) -> dict[str, float | str | None]:
+        return {
+            "input": self.kind,
+            "floor_below_max_db": self.floor_db,
+            "mean": round(self.mean, 4),
+            "std": round(self.std, 4),
+        }
 
 
 def _atoms(group: str) -> set[str]:
@@ -890,6 +903,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--input", choices=INPUTS, default="raw", help="ensemble/fuse: input scale")
     p.add_argument(
+        "--floor-db",
+        type=float,
+        default=FLOOR_BELOW_MAX_DB,
+        help="--input floor: clamp each window at its max minus this (names carry it if not 80)",
+    )
+    p.add_argument(
         "--folds", type=int, default=0, help="ensemble/fuse: K fold-wise members (not --members)"
     )
     p.add_argument("--device", default="cpu", help="ensemble: where the members train")
@@ -897,6 +916,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     if a.folds == 1 or a.folds < 0:
         p.error("--folds needs K >= 2")
+    scale = a.input
+    if a.input == "floor" and a.floor_db != FLOOR_BELOW_MAX_DB:
+        scale = f"floor{a.floor_db:g}"
     if a.step == "features":
         features(a.run, a.frames, pitch=not a.no_pitch)
     elif a.step == "from-db":
@@ -908,11 +930,11 @@ def main(argv: list[str] | None = None) -> None:
     elif a.step == "ensemble":
         ensemble(
             a.run, a.data, a.arch, a.members, a.epochs, a.mix, a.mix_n, a.mix_multi, a.seed,
-            a.input, a.folds, a.device,
+            scale, a.folds, a.device,
         )  # fmt: skip
     else:
         name = run_name(
-            a.arch, a.members, a.epochs, a.mix, a.mix_n, a.mix_multi, a.seed, a.input, a.folds
+            a.arch, a.members, a.epochs, a.mix, a.mix_n, a.mix_multi, a.seed, scale, a.folds
         )
         if a.folds:
             fuse_folds(a.run, a.data, name, a.mix, a.mix_n)

@@ -86,7 +86,10 @@ def test_clamp_floor_and_scales() -> None:
     assert zf.min() >= ((clamp_floor(train).max(axis=(1, 2)).min() - 80) - floor.mean) / floor.std
     other = train[:5] + 7  # held-out windows get the training side's numbers, not their own
     assert np.allclose(floor(other), (clamp_floor(other) - floor.mean) / floor.std)
-    assert InputScale.fit("raw", train)(train) is not None
+    wide = InputScale.fit("floor120", train)  # --floor-db 120
+    assert wide.floor_db == 120 and np.allclose(
+        wide(other), (clamp_floor(other, 120) - wide.mean) / wide.std
+    )
     assert np.array_equal(InputScale.fit("raw", train)(train), train)
 
 
