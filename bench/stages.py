@@ -21,6 +21,7 @@ import argparse
 import io
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -383,42 +384,76 @@ PROFILED = (
 )
 
 
-def spleeter_analysis(size: dict[str, Any], frames: int) -> dict[str, Any]:
-    """Profiler breakdowns and variants' time and vocals SDR vs float32, at segment `frames`."""
+def sdr_clips(audio: Sequence[Path]) -> list[np.ndarray]:
+    """Stereo 44.1 kHz clips for the variants' SDR: the given files (decoded and resampled as
+    the pipeline does), else one synthesised clip."""
+    from pipeline.decode import decode
+    from pipeline.preprocess import spleeter_input
+
+    if not audio:
+        return [fixtures.clips(1, seed=5)[0]]
+    return [spleeter_input(decode(Path(p).read_bytes())) for p in audio]
+
+
+def spleeter_analysis(
+    size: dict[str, Any], frames: int, clips: Sequence[np.ndarray]
+) -> dict[str, Any]:
+    """Profiler breakdowns, and the variants' time on the first clip (repeats interleaved across
+    variants, so a change of load hits all alike) and vocals SDR vs float32 on every clip
+    (median and minimum), at segment `frames`."""
     from pipeline.spleeter import load_separator
 
     base = load_separator("cpu", frames)
-    clip = fixtures.clips(1, seed=5)[0]
-    want = sps.separate(base, clip, False)
-    profiles, variants = {}, []
-    base_s = None
-    for name in size["variants"]:
-        sep, amp = sps.variant(base, name)
-        t = measure(
-            lambda s=sep, a=amp: sps.separate(s, clip, a),
-            repeat=size["repeat"],
-            warmup=size["warmup"],
-        )
-        base_s = base_s or t.best
-        got = sps.separate(sep, clip, amp)
+    clip = clips[0]
+    seps = {name: sps.variant(base, name) for name in size["variants"]}
+    times: dict[str, list[float]] = {name: [] for name in seps}
+    for _ in range(size["warmup"]):
+        for sep, amp in seps.values():
+            sps.separate(sep, clip, amp)
+    for _ in range(size["repeat"]):
+        for name, (sep, amp) in seps.items():
+            t0 = time.perf_counter()
+            sps.separate(sep, clip, amp)
+            times[name].append(time.perf_counter() - t0)
+    want = [sps.separate(base, c, False) for c in clips]
+    base_s = min(times[size["variants"][0]])
+    variants, profiles = [], {}
+    for name, (sep, amp) in seps.items():
+        sdr = [sps.sdr_db(w, sps.separate(sep, c, amp)) for w, c in zip(want, clips, strict=True)]
         variants.append(
             {
                 "variant": name,
-                "ms": round(t.best * 1e3, 1),
-                "median_ms": round(t.median * 1e3, 1),
-                "speedup_vs_float32": round(base_s / t.best, 2),
-                "vocals_sdr_vs_float32_db": sps.sdr_db(want, got),
+                "ms": round(min(times[name]) * 1e3, 1),
+                "median_ms": round(statistics.median(times[name]) * 1e3, 1),
+                "speedup_vs_float32": round(base_s / min(times[name]), 2),
+                "vocals_sdr_vs_float32_db": float(statistics.median(sdr)),
+                "min_sdr_db": float(min(sdr)),
             }
         )
         if name in PROFILED:
             profiles[name] = sps.breakdown(lambda s=sep, a=amp: sps.separate(s, clip, a))
-    return {"frames": frames or "by need", "profiles": profiles, "variants": variants}
+    return {"frames": frames or "by need", "clips": len(clips), "profiles": profiles,
+            "variants": variants}  # fmt: skip
+
+
+def conv_note(sp: dict[str, Any]) -> str:
+    """Where bf16 autocast gains and loses in Spleeter's profile at one T."""
+    f32, bf16 = sp["profiles"]["float32"]["ms"], sp["profiles"]["bf16 autocast (as tried)"]["ms"]
+
+    def rest(ms: dict[str, float]) -> float:
+        return round(sum(ms.values()) - ms["conv2d"] - ms["conv_transpose2d"], 1)
+
+    return (
+        f"Spleeter T={sp['frames']}, float32 -> bf16 autocast, self ms: conv2d "
+        f"{f32['conv2d']} -> {bf16['conv2d']}, conv_transpose2d {f32['conv_transpose2d']} -> "
+        f"{bf16['conv_transpose2d']}, the rest {rest(f32)} -> {rest(bf16)}"
+    )
 
 
 # --- run, print ---------------------------------------------------------------------------------
 
 
-def run(quick: bool, threads: int | None = None) -> dict[str, Any]:
+def run(quick: bool, threads: int | None = None, audio: Sequence[Path] = ()) -> dict[str, Any]:
     """The whole measurement in this process (first calls in child processes)."""
     if threads:
         torch.set_num_threads(threads)
@@ -432,7 +467,8 @@ def run(quick: bool, threads: int | None = None) -> dict[str, Any]:
     peaks["bf16"]["native"] = native
     rows = stage_rows(size, peaks)
     first = first_call_rows(size["first_call"], threads, size["repeat"])
-    spleeter = [spleeter_analysis(size, frames) for frames in size["profile_frames"]]
+    clips = sdr_clips(audio)
+    spleeter = [spleeter_analysis(size, frames, clips) for frames in size["profile_frames"]]
     by = {(r["stage"], r["dtype"]): r for r in rows}
     ratios = {
         f"bf16_vs_float32 {s}": round(
@@ -449,6 +485,7 @@ def run(quick: bool, threads: int | None = None) -> dict[str, Any]:
         "and elementwise ops not counted (Spleeter's: < 1 % of its total)",
         f"Spleeter: share of float32 time bf16 cannot touch (not conv2d / conv_transpose2d), "
         f"by T: {shares}",
+        *(conv_note(sp) for sp in spleeter),
     ]
     return {
         "config": {
@@ -495,7 +532,14 @@ def spleeter_report(sp: dict[str, Any]) -> str:
             f"### Spleeter T={sp['frames']}: variants\n"
             + markdown(
                 sp["variants"],
-                ["variant", "ms", "median_ms", "speedup_vs_float32", "vocals_sdr_vs_float32_db"],
+                [
+                    "variant",
+                    "ms",
+                    "median_ms",
+                    "speedup_vs_float32",
+                    "vocals_sdr_vs_float32_db",
+                    "min_sdr_db",
+                ],
             ),
         ]
     )
@@ -552,6 +596,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="few repeats, small sizes")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    parser.add_argument(
+        "--audio",
+        type=Path,
+        nargs="*",
+        default=(),
+        help="audio files for the Spleeter variants' SDR (default: a synthetic clip)",
+    )
     parser.add_argument("--first-call", nargs=2, metavar=("KIND", "DTYPE"), help=argparse.SUPPRESS)
     parser.add_argument("--repeat", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -560,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.first_call:
         print(json.dumps(first_call(*args.first_call, args.repeat)))
         return 0
-    result = {"machine": machine(), **run(args.quick, args.threads)}
+    result = {"machine": machine(), **run(args.quick, args.threads, args.audio)}
     result["load_average_end"] = machine()["load_average"]
     print(report(result))
     if args.out:

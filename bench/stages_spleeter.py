@@ -179,8 +179,16 @@ class PhaseTranspose(nn.Module):
             return conv_transpose_by_phases(x, self.conv)
 
 
-def with_transposes(net: nn.Module, kind: type[nn.Module]) -> nn.Module:
-    """A copy of a U-Net whose up1..up5 transposed convolutions run as `kind` computes them."""
+def by_width(conv: nn.ConvTranspose2d) -> nn.Module:
+    """Matmul + fold for the wide, small layers (up1..up3: >= 64 output channels, few frames),
+    4 stride-1 convolutions for the narrow, large ones (up4, up5): the faster of the two for
+    each in bf16 (bench/stages_spleeter.py's per-layer timings)."""
+    return FoldTranspose(conv) if conv.out_channels >= 64 else PhaseTranspose(conv)
+
+
+def with_transposes(net: nn.Module, kind: Callable[[nn.ConvTranspose2d], nn.Module]) -> nn.Module:
+    """A copy of a U-Net whose up1..up5 transposed convolutions run as `kind(conv)` computes
+    them."""
     net = copy.deepcopy(net)
     for k in range(1, 6):
         up = getattr(net, f"up{k}")
@@ -206,16 +214,19 @@ def variant(sep: spl.Separator, name: str) -> tuple[spl.Separator, bool]:
         out.vocals = Bf16UNet(out.vocals, channels_last=True)
         out.accompaniment = Bf16UNet(out.accompaniment, channels_last=True)
         return out, False
-    for suffix, kind in (
-        (", transposed convs as matmul + fold", FoldTranspose),
-        (", transposed convs as 4 stride-1 convs", PhaseTranspose),
-    ):
+    for suffix, kind in TRANSPOSES.items():
         if name.endswith(suffix):
             out.vocals = with_transposes(out.vocals, kind)
             out.accompaniment = with_transposes(out.accompaniment, kind)
             return out, name.startswith("bf16")
     raise ValueError(f"unknown variant {name!r}")
 
+
+TRANSPOSES: dict[str, Callable[[nn.ConvTranspose2d], nn.Module]] = {
+    ", transposed convs as matmul + fold": FoldTranspose,
+    ", transposed convs as 4 stride-1 convs": PhaseTranspose,
+    ", transposed convs as fold (up1-3) / 4 convs (up4-5)": by_width,
+}
 
 VARIANTS = (
     "float32",
@@ -226,6 +237,8 @@ VARIANTS = (
     "bf16 autocast, transposed convs as matmul + fold",
     "float32, transposed convs as 4 stride-1 convs",
     "bf16 autocast, transposed convs as 4 stride-1 convs",
+    "float32, transposed convs as fold (up1-3) / 4 convs (up4-5)",
+    "bf16 autocast, transposed convs as fold (up1-3) / 4 convs (up4-5)",
 )
 
 

@@ -118,3 +118,19 @@ def test_quick_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert 0 < sp["profiles"]["float32"]["share_bf16_cannot_touch"] < 1
     assert sp["variants"][0]["vocals_sdr_vs_float32_db"] == float("inf")  # float32 vs itself
     assert "### Spleeter T=by need: profile" in printed
+
+
+def test_unet_with_replaced_transposed_convs_computes_the_same() -> None:
+    """The proposed Spleeter patch's layers (fold for wide, 4 convolutions for narrow ones) in
+    the real U-Net: float32 output equal to the unchanged U-Net's to float32 rounding."""
+    from pipeline.spleeter import UNet
+
+    torch.manual_seed(0)
+    net = UNet().eval()
+    x = torch.rand(1, 2, 64, 1024)
+    patched = sps.with_transposes(net, sps.by_width)
+    kinds = [type(getattr(patched, f"up{k}")[0]) for k in range(1, 6)]
+    assert kinds == [sps.FoldTranspose] * 3 + [sps.PhaseTranspose] * 2
+    with torch.inference_mode():
+        want, got = net(x), patched(x)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
