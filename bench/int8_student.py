@@ -364,6 +364,8 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     quantize_s = time.perf_counter() - t0
     bf16 = args.bf16 if args.bf16 is not None else native_bf16("cpu")
     fns = variants(student.net, int8, bf16, args.quick)
+    if args.only:  # float32 eager stays: every ratio is against it
+        fns = {k: f for k, f in fns.items() if k == "fp32 eager" or k in args.only}
     x = _at_least(evaluate, max(args.batches))
     firsts = first_calls(fns, x, args.batches)
     rows = []
@@ -456,6 +458,8 @@ def run_children(args: argparse.Namespace) -> dict[str, Any]:
                 cmd.append("--quick")
             if args.rounds:
                 cmd += ["--rounds", str(args.rounds)]
+            if args.only:
+                cmd += ["--only", ",".join(args.only)]
             if args.bf16 is not None:
                 cmd.append("--bf16" if args.bf16 else "--no-bf16")
             if i > 0 or not args.quality:
@@ -475,7 +479,33 @@ def run_children(args: argparse.Namespace) -> dict[str, Any]:
                 merged["speed"] += part["speed"]
                 merged["machine"].append(part["machine"])
                 merged["config"].append(part["config"])
+        if args.compile_probe:
+            merged["compile_cold"] = compile_probe(args, merged, Path(tmp))
     return merged
+
+
+def compile_probe(args: argparse.Namespace, merged: dict[str, Any], tmp: Path) -> list[dict]:
+    """Each compiled variant alone in a fresh process at 1 thread: its own cold compile
+    (in the shared runs the first compiled variant also pays the process's one-off set-up)."""
+    rows = []
+    for name in sorted({r["variant"] for r in merged["speed"] if "compiled" in r["variant"]}):
+        out = tmp / "probe.json"
+        cmd = [sys.executable, "-m", "bench.int8_student", "--threads", "1", "--out", str(out)]
+        cmd += ["--batches", ",".join(map(str, args.batches)), "--only", name, "--rounds", "1"]
+        cmd += ["--no-quality", "--seed", str(args.seed), "--calib", str(args.calib)]
+        if args.data_dir:
+            cmd += ["--data-dir", str(args.data_dir), "--model-version", args.model_version]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        if USER_CACHE is None:
+            env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        if subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode:
+            raise SystemExit(f"compile probe of {name} failed")
+        part = json.loads(out.read_text())
+        first = {r["batch"]: r["first_call_s"] for r in part["speed"] if r["variant"] == name}
+        rows.append(
+            {"variant": name, "first_call_s": first, "quantize_s": part["config"]["quantize_s"]}
+        )
+    return rows
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -498,6 +528,18 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {r['ms_per_window_median']:.2f} | {r['windows_per_s']:.0f} "
             f"| {_x(r['vs_fp32_eager'])} | {_x(r['vs_bf16_eager'])} | {r['first_call_s']:.2f} |"
         )
+    if result.get("compile_cold"):
+        batches = sorted({b for r in result["compile_cold"] for b in r["first_call_s"]}, key=int)
+        lines += [
+            "",
+            "| variant, alone in a fresh process (1 thread, cold cache) | "
+            + " | ".join(f"first call s, batch {b}" for b in batches)
+            + " |",
+            "| --- |" + " --- |" * len(batches),
+        ]
+        for r in result["compile_cold"]:
+            cells = " | ".join(f"{r['first_call_s'][b]:.1f}" for b in batches)
+            lines.append(f"| {r['variant']} | {cells} |")
     if result["quality"]:
         lines += [
             "",
@@ -533,6 +575,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                     help="bf16 rows; default where bf16 is native.")  # fmt: skip
     ap.add_argument("--quality", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--only", type=lambda t: t.split(","), help="These variants (and fp32 eager).")
+    ap.add_argument(
+        "--compile-probe",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Time each compiled variant's cold compile alone (default: with several threads).",
+    )
     ap.add_argument(
         "--quick", action="store_true", help="1 thread, batches 1,8, fewer rows: the test."
     )
@@ -549,6 +598,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.threads = [1]
     if args.quick and "--batches" not in (argv or sys.argv):
         args.batches = [1, 8]
+    if args.compile_probe is None:
+        args.compile_probe = len(args.threads) > 1
     return args
 
 
