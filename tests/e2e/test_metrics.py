@@ -24,14 +24,13 @@ import redis
 import soundfile as sf
 from sqlalchemy import select
 
+from bench.fixtures import register_model
 from pipeline.frontend import FrontendConfig
 from scorer.db import queries
 from scorer.db.engine import make_engine, make_sessionmaker
 from scorer.db.migrate import upgrade
-from scorer.db.models import ModelVersion, Snippet, SnippetStatus
+from scorer.db.models import Snippet, SnippetStatus
 from scorer.settings import Settings
-from training.ensemble import save_members
-from training.model import build_member
 
 pytestmark = [pytest.mark.e2e]
 
@@ -80,20 +79,7 @@ def settings(make_settings: Callable[..., Settings]) -> Iterator[Settings]:
     s = make_settings(broker_url=f"redis://127.0.0.1:6379/{REDIS_DB}", separation=False)
     engine = make_engine(s)
     upgrade(engine)
-    frontend = FrontendConfig(separation=False)
-    members = [build_member(len(CLASSES), "resnet10") for _ in range(2)]
-    save_members(
-        s.resolved_model_dir / "m", members, {"classes": CLASSES, "arch": "resnet10",
-                                              "normalize": "none"}
-    )  # fmt: skip
-    with make_sessionmaker(engine).begin() as db:
-        mv = ModelVersion(
-            name="m", classes=CLASSES, frontend_version=frontend.version,
-            frontend=frontend.to_dict(), members=2, params={}, metrics={}, weights_uri="m",
-        )  # fmt: skip
-        db.add(mv)
-        db.flush()
-        queries.activate_model(db, mv.id)
+    register_model(engine, s, "m", 2, "resnet10", 0, FrontendConfig(separation=False))
     engine.dispose()
     yield s
     client.flushdb()

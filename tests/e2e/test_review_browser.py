@@ -27,15 +27,13 @@ import soundfile as sf
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from bench.fixtures import register_model
 from pipeline.frontend import FrontendConfig
 from scorer.cli import main
-from scorer.db import queries
 from scorer.db.engine import make_engine, make_sessionmaker
 from scorer.db.migrate import upgrade
-from scorer.db.models import LabelEvent, ModelVersion, Snippet
+from scorer.db.models import LabelEvent, Snippet
 from scorer.settings import Settings
-from training.ensemble import save_members
-from training.model import build_member
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -65,18 +63,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     settings = Settings(data_dir=root / "data", device="cpu", torch_threads=1, preprocess_batch=2)
     engine = make_engine(settings)
     upgrade(engine)
-    frontend = FrontendConfig()
-    members = [build_member(len(CLASSES), "resnet10") for _ in range(2)]
-    meta = {"classes": CLASSES, "arch": "resnet10", "normalize": "none"}
-    save_members(settings.resolved_model_dir / "v1", members, meta)
-    with make_sessionmaker(engine).begin() as db:
-        mv = ModelVersion(
-            name="v1", classes=CLASSES, frontend_version=frontend.version,
-            frontend=frontend.to_dict(), members=2, params={}, metrics={}, weights_uri="v1",
-        )  # fmt: skip
-        db.add(mv)
-        db.flush()
-        queries.activate_model(db, mv.id)
+    register_model(engine, settings, "v1", 2, "resnet10", 0, FrontendConfig())
     engine.dispose()
     songs = root / "songs"
     songs.mkdir()

@@ -17,6 +17,7 @@ import redis
 import soundfile as sf
 from sqlalchemy import func, select
 
+from bench.fixtures import register_model
 from pipeline.frontend import FrontendConfig
 from scorer.db import queries
 from scorer.db.engine import make_engine, make_sessionmaker
@@ -24,8 +25,6 @@ from scorer.db.migrate import upgrade
 from scorer.db.models import Feature, ModelVersion, Prediction, Snippet, SnippetStatus
 from scorer.errors import ScorerError
 from scorer.settings import Settings
-from training.ensemble import save_members
-from training.model import build_member
 
 # log-mel feature rows (voice features, when on, are rows of their own, "vf-...")
 LOGMEL_ROWS = select(func.count()).select_from(Feature).where(Feature.frontend_version.like("fe-%"))
@@ -52,18 +51,7 @@ def _env(settings: Settings) -> Iterator[dict]:
     engine = make_engine(settings)
     upgrade(engine)
     # a real (untrained) 2-member ensemble, registered and active, without separation
-    frontend = FrontendConfig(separation=False)
-    torch_members = [build_member(len(CLASSES), "resnet10") for _ in range(2)]
-    meta = {"classes": CLASSES, "arch": "resnet10", "normalize": "none"}
-    save_members(settings.resolved_model_dir / "vt", torch_members, meta)
-    with make_sessionmaker(engine).begin() as s:
-        mv = ModelVersion(
-            name="vt", classes=CLASSES, frontend_version=frontend.version,
-            frontend=frontend.to_dict(), members=2, params={}, metrics={}, weights_uri="vt",
-        )  # fmt: skip
-        s.add(mv)
-        s.flush()
-        queries.activate_model(s, mv.id)
+    register_model(engine, settings, "vt", 2, "resnet10", 0, FrontendConfig(separation=False))
     from worker.celery_app import make_celery
 
     app = make_celery(settings)
