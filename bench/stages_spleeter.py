@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import pipeline.spleeter as spl
@@ -149,22 +148,8 @@ class FoldTranspose(nn.Module):
             return spl._conv_transpose_by_fold(x, self.conv)
 
 
-def conv_transpose_by_phases(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
-    """A stride-2 ConvTranspose2d (no padding) as 4 stride-1 convolutions, one per output
-    parity (sub-pixel decomposition): output row 2m + a only meets kernel rows a, a + 2, ..., so
-    each parity is an ordinary convolution with those taps, flipped, and full padding. Same
-    multiply-adds as the transposed convolution, run by oneDNN's forward convolution kernels."""
-    if conv.stride != (2, 2) or conv.padding != (0, 0) or conv.dilation != (1, 1):
-        raise ValueError("only stride 2, no padding, no dilation")
-    b, _, h, w = x.shape
-    kh, kw = conv.kernel_size
-    out = x.new_empty(b, conv.out_channels, (h - 1) * 2 + kh, (w - 1) * 2 + kw)
-    for a in range(2):
-        for c in range(2):
-            k = conv.weight[:, :, a::2, c::2].flip(-2, -1).transpose(0, 1)
-            ta, tc = k.shape[-2:]
-            out[:, :, a::2, c::2] = F.conv2d(x, k, padding=(ta - 1, tc - 1))
-    return out + conv.bias.view(1, -1, 1, 1)
+conv_transpose_by_phases = spl._conv_transpose_by_phases
+"""A stride-2 ConvTranspose2d as 4 stride-1 convolutions (defined in pipeline.spleeter)."""
 
 
 class PhaseTranspose(nn.Module):

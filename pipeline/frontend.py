@@ -30,15 +30,23 @@ class FrontendConfig:
     # (pipeline.spleeter.segment_frames: 192 for a 3 s clip), its own version like any T.
     spleeter_frames: int = 512
     layout: str = "frames_mels"  # features are (n_frames, n_mels) = (299, 40)
+    # Spleeter's U-Nets under bf16 autocast (pipeline.spleeter.Separator(bf16=True)): another
+    # output, so another version; left out of the dict when False, so every version made before
+    # this field existed (models and caches on disk are keyed by it) stays the same.
+    spleeter_bf16: bool = False
 
     @property
     def version(self) -> str:
         """Short stable hash of every field, e.g. ``fe-3f2a9c1b``."""
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return "fe-" + hashlib.sha256(blob).hexdigest()[:8]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, without `spleeter_bf16` when it is False (its default before it existed)."""
+        d = asdict(self)
+        if not d["spleeter_bf16"]:
+            del d["spleeter_bf16"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> FrontendConfig:

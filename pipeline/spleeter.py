@@ -104,6 +104,16 @@ class UNet(nn.Module):
             nn.Conv2d(1, 2, kernel_size=4, dilation=2, padding=3), nn.Sigmoid()
         )
 
+    rewrite_transposed = False
+    """Compute up1..up5's transposed convolutions by `_conv_transpose_rewritten` (the bf16 path:
+    oneDNN's bf16 ConvTranspose2d is slower than float32 on CPU). Off: exactly the float32 path."""
+
+    def _up_layer(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        up = getattr(self, f"up{k}")
+        if not self.rewrite_transposed:
+            return up(x)
+        return up[1:](_conv_transpose_rewritten(x, up[0]))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c1 = self.down1_conv(x)
         c2 = self.down2_conv(self.down1_act(c1))
@@ -111,11 +121,11 @@ class UNet(nn.Module):
         c4 = self.down4_conv(self.down3_act(c3))
         c5 = self.down5_conv(self.down4_act(c4))
         c6 = self.down6_conv(self.down5_act(c5))
-        u = self.up1(c6)
-        u = self.up2(torch.cat([c5, u], dim=1))
-        u = self.up3(torch.cat([c4, u], dim=1))
-        u = self.up4(torch.cat([c3, u], dim=1))
-        u = self.up5(torch.cat([c2, u], dim=1))
+        u = self._up_layer(1, c6)
+        u = self._up_layer(2, torch.cat([c5, u], dim=1))
+        u = self._up_layer(3, torch.cat([c4, u], dim=1))
+        u = self._up_layer(4, torch.cat([c3, u], dim=1))
+        u = self._up_layer(5, torch.cat([c2, u], dim=1))
         # The two 1-channel layers, computed another way: 3-4x faster on CPU than oneDNN's kernels
         # for them (measured 48 -> 12 ms and 21 -> 6 ms per segment), equal to float32 rounding.
         u = self.up6[1:](_conv_transpose_by_fold(torch.cat([c1, u], dim=1), self.up6[0]))
@@ -130,6 +140,35 @@ def _conv_transpose_by_fold(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.
     size = ((h - 1) * sh + kh, (w - 1) * sw + kw)
     y = F.fold(columns, output_size=size, kernel_size=(kh, kw), stride=(sh, sw))
     return y + conv.bias.view(1, -1, 1, 1)
+
+
+def _conv_transpose_by_phases(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """A stride-2 ConvTranspose2d (no padding) as 4 stride-1 convolutions, one per output parity
+    (sub-pixel decomposition): output row 2m + a only meets kernel rows a, a + 2, ..., so each
+    parity is an ordinary convolution with those taps, flipped, and full padding. Same
+    multiply-adds, run by oneDNN's forward convolution kernels, which bf16 speeds up ~2x on CPU
+    where its bf16 transposed convolution is slower than float32 (bench/stages_spleeter.py)."""
+    if conv.stride != (2, 2) or conv.padding != (0, 0) or conv.dilation != (1, 1):
+        raise ValueError("only stride 2, no padding, no dilation")
+    b, _, h, w = x.shape
+    kh, kw = conv.kernel_size
+    out = x.new_empty(b, conv.out_channels, (h - 1) * 2 + kh, (w - 1) * 2 + kw)
+    for a in range(2):
+        for c in range(2):
+            k = conv.weight[:, :, a::2, c::2].flip(-2, -1).transpose(0, 1)
+            ta, tc = k.shape[-2:]
+            out[:, :, a::2, c::2] = F.conv2d(x, k, padding=(ta - 1, tc - 1))
+    return out + conv.bias.view(1, -1, 1, 1)
+
+
+def _conv_transpose_rewritten(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """`conv(x)` without oneDNN's transposed convolution, whose bf16 kernel is slower than float32
+    on CPU (half of Spleeter's time): matmul + fold for the wide, small layers (>= 64 output
+    channels: up1..up3), 4 stride-1 convolutions for the narrow, large ones (up4, up5), the faster
+    of the two for each in bf16 (bench/stages_spleeter.py). Equal to `conv(x)` in float32."""
+    if conv.out_channels >= 64:
+        return _conv_transpose_by_fold(x, conv)
+    return _conv_transpose_by_phases(x, conv)
 
 
 def _conv_by_shifts(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -254,9 +293,14 @@ class Separator(nn.Module):
     per call by `segment_frames`. 512 is Spleeter's and gives its exact output; a 3 s clip has
     only 134 frames, so a smaller T costs less but is no longer bit for bit the official output
     (docs/SEPARATION.md).
+
+    `bf16`: the U-Nets run under bf16 autocast with their transposed convolutions rewritten
+    (`_conv_transpose_rewritten`); STFT, masks and inverse STFT stay float32. 1.6-1.8x faster on
+    a CPU with native bf16, vocals ~34-43 dB SDR from float32's (bench/stages_spleeter.py).
+    False: the float32 path, unchanged.
     """
 
-    def __init__(self, frames: int = OFFICIAL_FRAMES) -> None:
+    def __init__(self, frames: int = OFFICIAL_FRAMES, bf16: bool = False) -> None:
         super().__init__()
         if frames < 0 or frames % 64:
             raise ValueError(
@@ -264,8 +308,10 @@ class Separator(nn.Module):
                 f"got {frames}"
             )
         self.frames = frames
+        self.bf16 = bf16
         self.vocals = UNet()
         self.accompaniment = UNet()
+        self.vocals.rewrite_transposed = self.accompaniment.rewrite_transposed = bf16
         self.register_buffer("window", _window(), persistent=False)
 
     def load_official_weights(self) -> Separator:
@@ -288,7 +334,11 @@ class Separator(nn.Module):
             y = y.reshape(b, segments, c, t, f).transpose(1, 2).reshape(b, c, segments * t, f)
             return y[:, :, :n]
 
-        return unsegment(self.vocals(x)), unsegment(self.accompaniment(x))
+        if not self.bf16:
+            return unsegment(self.vocals(x)), unsegment(self.accompaniment(x))
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            vocals, accompaniment = self.vocals(x), self.accompaniment(x)
+        return unsegment(vocals.float()), unsegment(accompaniment.float())
 
     def _run(
         self, stereo: torch.Tensor, chunk_segments: int, want_accompaniment: bool
@@ -344,10 +394,16 @@ class Separator(nn.Module):
 
 
 @functools.cache
-def load_separator(device: str = "cpu", frames: int = OFFICIAL_FRAMES) -> Separator:
-    """The official separator on `device`, in eval mode; one per process per (device, frames)."""
-    separator = Separator(frames).load_official_weights().to(device).eval()
-    logger.info("Spleeter separator ready on %s with T=%s", device, describe_frames(frames))
+def load_separator(
+    device: str = "cpu", frames: int = OFFICIAL_FRAMES, bf16: bool = False
+) -> Separator:
+    """The official separator on `device`, in eval mode; one per process per (device, frames,
+    bf16)."""
+    separator = Separator(frames, bf16).load_official_weights().to(device).eval()
+    logger.info(
+        "Spleeter separator ready on %s with T=%s%s",
+        device, describe_frames(frames), ", U-Nets in bf16" if bf16 else "",
+    )  # fmt: skip
     return separator
 
 
