@@ -206,7 +206,11 @@ def _ingest(
     notify(f"ingesting {len(paths)} files that have no features yet (features only)")
     fe = model.frontend
     ingest_settings = settings.model_copy(
-        update={"separation": fe["separation"], "spleeter_frames": fe["spleeter_frames"]}
+        update={
+            "separation": fe["separation"],
+            "spleeter_frames": fe["spleeter_frames"],
+            "separation_bf16": "on" if fe.get("spleeter_bf16") else "off",
+        }
     )
     with tqdm(total=len(paths), unit="file", desc="features", file=sys.stderr, disable=None) as bar:
         summary = embedded.run(

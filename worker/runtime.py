@@ -53,19 +53,48 @@ def configure_threads(settings: Settings) -> None:
         torch.set_num_threads(n)
 
 
-def frontend_from_settings(settings: Settings) -> FrontendConfig:
-    return FrontendConfig(separation=settings.separation, spleeter_frames=settings.spleeter_frames)
+def spleeter_bf16_wanted(setting: bool | None, native: bool) -> bool:
+    """SCORER_SEPARATION_BF16 as a decision: on / off as said; auto (None) = where bf16 is
+    native (`native`: training.ensemble.native_bf16 of the device), elsewhere it is emulated and
+    slower than float32."""
+    return native if setting is None else setting
 
 
-def scoring_frontend(model_frontend: FrontendConfig, settings: Settings) -> FrontendConfig:
+def _spleeter_bf16(settings: Settings, native_bf16: bool | None) -> bool:
+    """The settings' decision for a separating front end; the hardware is probed only for auto."""
+    if settings.separation_amp is not None:
+        return settings.separation_amp
+    if native_bf16 is None:
+        from training.ensemble import native_bf16 as probe
+
+        native_bf16 = probe(resolve_device(settings.device))
+    return spleeter_bf16_wanted(None, native_bf16)
+
+
+def frontend_from_settings(settings: Settings, native_bf16: bool | None = None) -> FrontendConfig:
+    """The settings' front end. `native_bf16`: whether this machine has native bf16 (None =
+    detect it; only asked when separating under SCORER_SEPARATION_BF16=auto)."""
+    return FrontendConfig(
+        separation=settings.separation,
+        spleeter_frames=settings.spleeter_frames,
+        spleeter_bf16=settings.separation and _spleeter_bf16(settings, native_bf16),
+    )
+
+
+def scoring_frontend(
+    model_frontend: FrontendConfig, settings: Settings, native_bf16: bool | None = None
+) -> FrontendConfig:
     """The front end a model's features are made with here: its own, except that the fast
-    profile runs Spleeter with its own segment (`Settings.segment_override`). Another T is
-    another front-end version, so those features are stored and looked up apart, never mixed
+    profile runs Spleeter with its own segment (`Settings.segment_override`) and its
+    SCORER_SEPARATION_BF16 (`native_bf16` as in `frontend_from_settings`). Another T or precision
+    is another front-end version, so those features are stored and looked up apart, never mixed
     with the model's own."""
     t = settings.segment_override
-    if t is None or not model_frontend.separation or model_frontend.spleeter_frames == t:
+    if t is None or not model_frontend.separation:
         return model_frontend
-    return replace(model_frontend, spleeter_frames=t)
+    bf16 = _spleeter_bf16(settings, native_bf16)
+    wanted = replace(model_frontend, spleeter_frames=t, spleeter_bf16=bf16)
+    return model_frontend if wanted == model_frontend else wanted
 
 
 @dataclass
@@ -105,9 +134,11 @@ class Runtime:
             return None
         from pipeline.spleeter import describe_frames, load_separator
 
-        t = describe_frames(self.frontend.spleeter_frames)
-        log.info("loading Spleeter 2-stem (T=%s) on %s", t, self.device)
-        return load_separator(self.device, self.frontend.spleeter_frames)
+        fe = self.frontend
+        t = describe_frames(fe.spleeter_frames)
+        precision = "bf16 U-Nets" if fe.spleeter_bf16 else "float32"
+        log.info("loading Spleeter 2-stem (T=%s, %s) on %s", t, precision, self.device)
+        return load_separator(self.device, fe.spleeter_frames, fe.spleeter_bf16)
 
     def ensemble(self, weights_uri: str, classes: Sequence[str] | None = None) -> Ensemble:
         """The ensemble stored at `weights_uri`, loaded once per process.

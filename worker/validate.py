@@ -41,7 +41,9 @@ FRONTEND_LIMITS: dict[str, tuple[type, float, float]] = {
     "separation": (bool, 0, 1),
     "spleeter_frames": (int, 0, 4_096),  # 0 = by need (at most 512 per segment)
     "layout": (str, 0, 0),
+    "spleeter_bf16": (bool, 0, 1),  # optional: absent = False (dicts made before it existed)
 }
+OPTIONAL_FRONTEND_KEYS = {"spleeter_bf16"}
 LAYOUTS = ("frames_mels",)
 MAX_FEATURE_VALUES = 4_000_000
 """n_frames x n_mels of one window (the reference is 299 x 40 = 11,960)."""
@@ -66,10 +68,12 @@ def check_frontend(frontend: Any) -> dict[str, Any] | None:
     unknown = sorted(map(str, set(frontend) - set(FRONTEND_LIMITS)))
     if unknown:
         raise InvalidMessage(f"invalid front end: unknown keys {', '.join(unknown)[:200]}")
-    missing = sorted(set(FRONTEND_LIMITS) - set(frontend))
+    missing = sorted(set(FRONTEND_LIMITS) - OPTIONAL_FRONTEND_KEYS - set(frontend))
     if missing:
         raise InvalidMessage(f"invalid front end: missing keys {', '.join(missing)}")
     for key, (kind, low, high) in FRONTEND_LIMITS.items():
+        if key not in frontend:
+            continue
         value = frontend[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)

@@ -22,6 +22,8 @@ from scorer.cli import main
 from scorer.db.engine import make_engine, make_sessionmaker
 from scorer.db.models import Feature, ModelVersion, Prediction, Snippet
 from scorer.settings import Settings
+from training.ensemble import native_bf16
+from worker.runtime import resolve_device
 
 SR = 16_000
 CLASSES = ["none", "male", "female", "multi"]
@@ -123,7 +125,9 @@ def test_fast_profile_separates_by_need_under_its_own_version(
 ) -> None:
     settings = make_settings(voice_features=True, preprocess_batch=4)
     train_teacher(settings, tmp_path, per_class=1)  # T = 512 features, with a voice head
-    official, by_need = FrontendConfig(), FrontendConfig(spleeter_frames=0)
+    # By need, and with bf16 U-Nets where bf16 is native (SCORER_SEPARATION_BF16=auto).
+    bf16 = native_bf16(resolve_device(settings.device))
+    official, by_need = FrontendConfig(), FrontendConfig(spleeter_frames=0, spleeter_bf16=bf16)
     with make_sessionmaker(make_engine(settings))() as s:
         model = s.scalars(select(ModelVersion).where(ModelVersion.active)).one()
         assert model.frontend_version == official.version
