@@ -400,6 +400,9 @@ def load_separator(
     """The official separator on `device`, in eval mode; one per process per (device, frames,
     bf16)."""
     separator = Separator(frames, bf16).load_official_weights().to(device).eval()
+    if torch.device(device).type != "cpu":  # the rewrites work around oneDNN's CPU kernel;
+        # cuDNN's bf16 transposed convolution has no such problem (not measured there yet)
+        separator.vocals.rewrite_transposed = separator.accompaniment.rewrite_transposed = False
     logger.info(
         "Spleeter separator ready on %s with T=%s%s",
         device, describe_frames(frames), ", U-Nets in bf16" if bf16 else "",
